@@ -1,0 +1,248 @@
+"""Command line: ``labeldistill <command> ...``. Argument parsing only; work happens below.
+
+Every user error (:class:`labeldistill.errors.UserError`) ends with one line
+``error: <message>`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from labeldistill.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'WxH' -> (W, H)."""
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH (e.g. 704x396), got '{text}'") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# data: synth, prepare
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("synth", help="write a synthetic nuScenes-format v1.0-mini dataset")
+    p.add_argument("--out", required=True, help="dataset root to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples-per-scene", type=int, default=10, help="key samples per scene")
+    p.add_argument("--image-size", type=_size, default=(704, 396), help="camera image WxH")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.data.synthetic import SynthConfig, generate
+
+        cfg = SynthConfig(
+            seed=args.seed,
+            samples_per_scene=args.samples_per_scene,
+            image_width=args.image_size[0],
+            image_height=args.image_size[1],
+        )
+        generate(args.out, cfg, workers=args.workers, overwrite=args.overwrite)
+        return 0
+
+    return run
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("prepare", help="write info files and LiDAR depth GT for every split")
+    p.add_argument("--dataroot", required=True)
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--out", default=None, help="where to write info files (default: dataroot)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-depth", action="store_true", help="skip the depth ground truth")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.data.prepare import prepare
+
+        prepare(
+            args.dataroot,
+            args.version,
+            out_dir=args.out,
+            workers=args.workers,
+            depth=not args.no_depth,
+        )
+        return 0
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation, visualisation
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_eval_json(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("eval-json", help="official nuScenes metrics of a result JSON")
+    p.add_argument("--dataroot", required=True)
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--split", default="val")
+    p.add_argument("--results", required=True, help="nuScenes detection result JSON")
+    p.add_argument("--out", required=True, help="output dir (metrics_summary.json)")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.evaluation.nuscenes_eval import evaluate_json, format_metrics
+
+        metrics = evaluate_json(args.dataroot, args.version, args.split, args.results, args.out)
+        print(format_metrics(metrics))
+        return 0
+
+    return run
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("visualize", help="draw boxes on the six cameras and in BEV (PNG per sample)")
+    p.add_argument("--dataroot", required=True)
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--split", default="val")
+    p.add_argument("--infos", default=None, help="info file (default: the split's in dataroot)")
+    p.add_argument("--results", default=None, help="result JSON with predictions to draw")
+    p.add_argument("--score-threshold", type=float, default=0.3)
+    p.add_argument("--num", type=int, default=4, help="how many samples")
+    p.add_argument("--sample", action="append", default=None, help="sample token (repeatable)")
+    p.add_argument("--out", required=True, help="output directory")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.evaluation.visualize import visualize
+
+        visualize(
+            dataroot=args.dataroot,
+            version=args.version,
+            split=args.split,
+            out_dir=args.out,
+            infos_path=args.infos,
+            results_path=args.results,
+            score_threshold=args.score_threshold,
+            num=args.num,
+            tokens=args.sample,
+        )
+        return 0
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# training, evaluation and prediction of a config
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="shipped config name or YAML path")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trainer.devices=8 (repeatable)",
+    )
+
+
+def _add_train(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("train", help="train the stage a config describes")
+    _add_config_args(p)
+    p.add_argument("--resume", default=None, help="Lightning .ckpt to resume from ('last' ok)")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.config import load_config
+        from labeldistill.training.run import train
+
+        train(load_config(args.config, args.overrides), resume=args.resume)
+        return 0
+
+    return run
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("eval", help="evaluate a checkpoint with the official metric")
+    _add_config_args(p)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", default=None, help="output dir (default: next to the checkpoint)")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.config import load_config
+        from labeldistill.training.run import evaluate
+
+        evaluate(load_config(args.config, args.overrides), ckpt=args.ckpt, out_dir=args.out)
+        return 0
+
+    return run
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("predict", help="write a nuScenes result JSON for a split")
+    _add_config_args(p)
+    p.add_argument("--ckpt", default=None)
+    p.add_argument("--split", default=None, help="split (default: the config's val split)")
+    p.add_argument("--out", required=True, help="results JSON to write")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.config import load_config
+        from labeldistill.training.run import predict
+
+        predict(
+            load_config(args.config, args.overrides), ckpt=args.ckpt, split=args.split, out=args.out
+        )
+        return 0
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+
+_COMMANDS = (
+    _add_synth,
+    _add_prepare,
+    _add_eval_json,
+    _add_visualize,
+    _add_train,
+    _add_eval,
+    _add_predict,
+)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    parser = argparse.ArgumentParser(
+        prog="labeldistill",
+        description="LabelDistill in pure PyTorch: data, training, evaluation, deployment.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    handlers: dict[str, Handler] = {}
+    for add in _COMMANDS:
+        before = set(sub.choices)
+        handler = add(sub)
+        (name,) = set(sub.choices) - before
+        handlers[name] = handler
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(handlers[args.command](args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
