@@ -306,3 +306,21 @@ class LossDict:
     @property
     def total(self) -> Tensor:
         return torch.stack(list(self.terms.values())).sum()
+
+
+@dataclass
+class DistillOutput(_Movable):
+    """Training forward of the LabelDistill student (METHOD.md 7-8).
+
+    student:       the camera student's output.
+    lidar:         LiDAR teacher output (backbone features + head) or None.
+    label_feats:   label-encoder features ([B, 128, Y, X], [B, 256, Y/2, X/2]) or None.
+    lidar_adapted: LiDAR adaptor output (same shapes as the teacher features) or None.
+    label_adapted: label adaptor output or None.
+    """
+
+    student: StudentOutput
+    lidar: TeacherOutput | None = None
+    label_feats: tuple[Tensor, Tensor] | None = None
+    lidar_adapted: tuple[Tensor, Tensor] | None = None
+    label_adapted: tuple[Tensor, Tensor] | None = None

@@ -1,0 +1,470 @@
+"""Sparse 3D convolution in pure PyTorch (gather-GEMM-scatter), with an optional spconv 2.x path.
+
+A :class:`SparseTensor` holds the features of the active sites of a batch of 3D grids. Two
+convolutions exist, both cross-correlations exactly like ``torch.nn.Conv3d`` restricted to
+active sites:
+
+* :class:`SubMConv3d` (submanifold): odd kernel, stride 1, padding ``k // 2``; outputs exist only
+  at the active input sites (same indices, same order);
+* :class:`SparseConv3d` (regular, usually strided): the active output sites are all output
+  positions ``q`` that receive at least one active input ``p = q * stride - padding + k`` for some
+  kernel offset ``k`` (the spconv rule); output indices are sorted by (b, z, y, x).
+
+Both run over *kernel maps*: for each kernel offset the list of (input row, output row) pairs,
+found with linearised coordinates and ``torch.searchsorted``. The output is
+``sum_k scatter_add(out_rows_k, features[in_rows_k] @ W[k])``; autograd provides the gradients.
+Submanifold maps are cached on the tensor and reused by every layer with the same indices.
+
+Weight layout (one for all our modules): **[kD, kH, kW, in, out]**, the mmcv / spconv-1.x layout
+of the published checkpoints, so they load without conversion. :func:`convert_weight` converts to
+and from the spconv 2.x layout [out, kD, kH, kW, in] and the dense ``Conv3d`` layout
+[out, in, kD, kH, kW].
+
+Backends: ``"torch"`` (always available), ``"spconv"`` (spconv 2.x; imported lazily, guarded) and
+``"auto"`` (spconv when it imports and the features are on CUDA, torch otherwise).
+
+Glossary: V active sites, C channels, B batch, (D, H, W) the 3D grid (z, y, x).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch", "spconv"]
+Layout = Literal["ours", "mmcv", "spconv1", "spconv2", "torch"]
+Int3 = tuple[int, int, int]
+
+
+def _triple(v: int | Sequence[int]) -> Int3:
+    if isinstance(v, int):
+        return (v, v, v)
+    t = tuple(int(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"expected an int or 3 ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def conv_output_shape(spatial_shape: Sequence[int], kernel: Int3, stride: Int3, padding: Int3) -> Int3:
+    """Output grid of a (dense-equivalent) convolution: ``(n + 2p - k) // s + 1`` per axis."""
+    return tuple(  # type: ignore[return-value]
+        (int(n) + 2 * p - k) // s + 1 for n, k, s, p in zip(spatial_shape, kernel, stride, padding)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse tensor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SparseTensor:
+    """Features of the active sites of B grids of shape ``spatial_shape`` = (D, H, W).
+
+    features: [V, C]; indices: [V, 4] int64 (b, z, y, x), unique rows; ``cache`` holds kernel
+    maps for these indices (shared by every tensor derived with :meth:`replace_feature`).
+    """
+
+    features: Tensor
+    indices: Tensor
+    spatial_shape: Int3
+    batch_size: int
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spatial_shape = tuple(int(s) for s in self.spatial_shape)  # type: ignore[assignment]
+        if self.indices.dtype != torch.long:
+            self.indices = self.indices.long()
+        if self.features.dim() != 2 or self.indices.dim() != 2 or self.indices.shape[1] != 4:
+            raise ValueError("SparseTensor needs features [V, C] and indices [V, 4]")
+        if self.features.shape[0] != self.indices.shape[0]:
+            raise ValueError(
+                f"features ({self.features.shape[0]}) and indices ({self.indices.shape[0]}) differ"
+            )
+
+    def replace_feature(self, features: Tensor) -> SparseTensor:
+        """Same sites (and kernel-map cache), new features [V, C']."""
+        return SparseTensor(features, self.indices, self.spatial_shape, self.batch_size, self.cache)
+
+    def linear_keys(self) -> Tensor:
+        """[V] int64 ``((b * D + z) * H + y) * W + x``."""
+        return linearize(self.indices, self.spatial_shape)
+
+    def to_dense(self) -> Tensor:
+        """[B, C, D, H, W] with zeros at inactive sites."""
+        d, h, w = self.spatial_shape
+        c = self.features.shape[1]
+        flat = self.features.new_zeros(self.batch_size * d * h * w, c)
+        flat = flat.index_put((self.linear_keys(),), self.features)
+        return flat.view(self.batch_size, d, h, w, c).permute(0, 4, 1, 2, 3).contiguous()
+
+    dense = to_dense
+
+    @staticmethod
+    def from_dense(x: Tensor) -> SparseTensor:
+        """Sites of x [B, C, D, H, W] where any channel is non-zero."""
+        active = (x != 0).any(dim=1)
+        indices = torch.nonzero(active)
+        feats = x.permute(0, 2, 3, 4, 1)[active]
+        return SparseTensor(feats, indices, tuple(x.shape[2:]), int(x.shape[0]))  # type: ignore[arg-type]
+
+
+def linearize(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+    """indices [V, 4] (b, z, y, x) -> [V] int64 row-major keys of the [B, D, H, W] grid."""
+    d, h, w = (int(s) for s in spatial_shape)
+    idx = indices.long()
+    return ((idx[:, 0] * d + idx[:, 1]) * h + idx[:, 2]) * w + idx[:, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel maps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelMap:
+    """Pairs per kernel offset (offsets in weight order kD-major, then kH, kW).
+
+    in_rows[k], out_rows[k]: [n_k] int64 rows of the input / output features.
+    out_indices: [V_out, 4] int64; out_shape: (D', H', W').
+    """
+
+    in_rows: list[Tensor]
+    out_rows: list[Tensor]
+    out_indices: Tensor
+    out_shape: Int3
+
+
+def _kernel_offsets(kernel: Int3, device: torch.device) -> Tensor:
+    """[K, 3] (kz, ky, kx) in weight order."""
+    grids = torch.meshgrid(*[torch.arange(k, device=device) for k in kernel], indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)
+
+
+def _split_pairs(found: Tensor, in_rows: Tensor, out_rows: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """found [K, V] bool with in/out rows [K, V] -> per-offset lists of selected rows."""
+    counts = found.sum(dim=1).tolist()
+    return list(in_rows[found].split(counts)), list(out_rows[found].split(counts))
+
+
+def submanifold_kernel_map(indices: Tensor, spatial_shape: Int3, kernel: Int3) -> KernelMap:
+    """Kernel map of a submanifold convolution (stride 1, padding k // 2, outputs = inputs)."""
+    if any(k % 2 == 0 for k in kernel):
+        raise ValueError(f"submanifold convolution needs odd kernel sizes, got {kernel}")
+    device = indices.device
+    keys = linearize(indices, spatial_shape)
+    sorted_keys, perm = torch.sort(keys)
+    pad = torch.tensor([k // 2 for k in kernel], device=device)
+    offsets = _kernel_offsets(kernel, device) - pad  # [K, 3]
+    shape = torch.tensor(spatial_shape, device=device)
+    num = indices.shape[0]
+    nb = indices[None, :, 1:] + offsets[:, None, :]  # [K, V, 3] neighbour = q - pad + k
+    inside = ((nb >= 0) & (nb < shape)).all(dim=2)
+    nb_idx = torch.cat([indices[None, :, :1].expand(len(offsets), num, 1), nb], dim=2)
+    nb_keys = linearize(nb_idx.reshape(-1, 4), spatial_shape).view(len(offsets), num)
+    pos = torch.searchsorted(sorted_keys, nb_keys).clamp(max=max(num - 1, 0))
+    found = inside & (sorted_keys[pos] == nb_keys) if num > 0 else inside
+    in_rows = perm[pos] if num > 0 else pos
+    out_rows = torch.arange(num, device=device).expand(len(offsets), num)
+    ins, outs = _split_pairs(found, in_rows, out_rows)
+    return KernelMap(ins, outs, indices, spatial_shape)
+
+
+def strided_kernel_map(
+    indices: Tensor, spatial_shape: Int3, kernel: Int3, stride: Int3, padding: Int3
+) -> KernelMap:
+    """Kernel map of a regular sparse convolution (spconv active-output rule)."""
+    device = indices.device
+    out_shape = conv_output_shape(spatial_shape, kernel, stride, padding)
+    if min(out_shape) <= 0:
+        raise ValueError(
+            f"sparse convolution on grid {tuple(spatial_shape)} with kernel {kernel}, stride "
+            f"{stride}, padding {padding} gives an empty output grid {out_shape}"
+        )
+    offsets = _kernel_offsets(kernel, device)  # [K, 3]
+    st = torch.tensor(stride, device=device)
+    pd = torch.tensor(padding, device=device)
+    oshape = torch.tensor(out_shape, device=device)
+    num = indices.shape[0]
+    num_k = len(offsets)
+    # p = q * s - pad + k  <=>  q * s = p + pad - k
+    num_q = indices[None, :, 1:] + pd - offsets[:, None, :]  # [K, V, 3]
+    q = torch.div(num_q, st, rounding_mode="floor")
+    ok = ((num_q - q * st) == 0).all(dim=2) & ((q >= 0) & (q < oshape)).all(dim=2)
+    cand = torch.cat([indices[None, :, :1].expand(num_k, num, 1), q], dim=2)  # [K, V, 4]
+    cand_keys = linearize(cand.reshape(-1, 4), out_shape).view(num_k, num)
+    out_keys = torch.unique(cand_keys[ok])  # sorted
+    d, h, w = out_shape
+    out_indices = torch.stack(
+        [out_keys // (d * h * w), (out_keys // (h * w)) % d, (out_keys // w) % h, out_keys % w], dim=1
+    )
+    out_rows = torch.searchsorted(out_keys, cand_keys.clamp(min=0))
+    in_rows = torch.arange(num, device=device).expand(num_k, num)
+    ins, outs = _split_pairs(ok, in_rows, out_rows)
+    return KernelMap(ins, outs, out_indices, out_shape)
+
+
+def apply_kernel_map(features: Tensor, weight: Tensor, kmap: KernelMap, bias: Tensor | None = None) -> Tensor:
+    """Gather-GEMM-scatter: features [V, C_in], weight [kD, kH, kW, C_in, C_out] -> [V', C_out]."""
+    c_in, c_out = weight.shape[-2:]
+    w = weight.reshape(-1, c_in, c_out)
+    out = features.new_zeros(kmap.out_indices.shape[0], c_out)
+    for k, (ins, outs) in enumerate(zip(kmap.in_rows, kmap.out_rows)):
+        if ins.numel() == 0:
+            continue
+        out = out.index_add(0, outs, features.index_select(0, ins) @ w[k])
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Weight layouts
+# --------------------------------------------------------------------------------------------
+
+_TO_OURS: dict[str, tuple[int, ...]] = {
+    "ours": (0, 1, 2, 3, 4),
+    "mmcv": (0, 1, 2, 3, 4),
+    "spconv1": (0, 1, 2, 3, 4),
+    "spconv2": (1, 2, 3, 4, 0),  # [out, kD, kH, kW, in] -> [kD, kH, kW, in, out]
+    "torch": (2, 3, 4, 1, 0),  # [out, in, kD, kH, kW] -> [kD, kH, kW, in, out]
+}
+_FROM_OURS: dict[str, tuple[int, ...]] = {
+    "ours": (0, 1, 2, 3, 4),
+    "mmcv": (0, 1, 2, 3, 4),
+    "spconv1": (0, 1, 2, 3, 4),
+    "spconv2": (4, 0, 1, 2, 3),
+    "torch": (4, 3, 0, 1, 2),
+}
+
+
+def convert_weight(weight: Tensor, src: Layout, dst: Layout) -> Tensor:
+    """Convert a 5-d sparse-conv weight between layouts.
+
+    ours = mmcv = spconv1: [kD, kH, kW, in, out]; spconv2: [out, kD, kH, kW, in];
+    torch (dense Conv3d): [out, in, kD, kH, kW].
+    """
+    if src not in _TO_OURS or dst not in _TO_OURS:
+        raise ValueError(f"unknown weight layout {src!r} or {dst!r}; use one of {list(_TO_OURS)}")
+    if weight.dim() != 5:
+        raise ValueError(f"sparse-conv weights are 5-d, got {tuple(weight.shape)}")
+    ours = weight.permute(*_TO_OURS[src])
+    return ours.permute(*_FROM_OURS[dst]).contiguous()
+
+
+def convert_state_dict(state_dict: dict[str, Tensor], src: Layout, dst: Layout) -> dict[str, Tensor]:
+    """Convert every 5-d tensor of a state dict (the sparse-conv weights) between layouts."""
+    return {k: convert_weight(v, src, dst) if v.dim() == 5 else v for k, v in state_dict.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# spconv backend (optional)
+# --------------------------------------------------------------------------------------------
+
+_SPCONV: Any = None
+_SPCONV_TRIED = False
+
+
+def spconv_module() -> Any:
+    """``spconv.pytorch`` (2.x) when it imports, else None (the reason is logged once)."""
+    global _SPCONV, _SPCONV_TRIED
+    if not _SPCONV_TRIED:
+        _SPCONV_TRIED = True
+        try:
+            import spconv.pytorch as sp  # type: ignore[import-not-found]
+
+            _SPCONV = sp
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+            logger.debug("spconv not available: %s", exc)
+            _SPCONV = None
+    return _SPCONV
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+class _SparseConvBase(nn.Module):
+    """Shared parameters and dispatch of :class:`SubMConv3d` and :class:`SparseConv3d`."""
+
+    subm: bool = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        padding: int | Sequence[int],
+        bias: bool,
+        backend: Backend,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _triple(kernel_size)
+        self.stride = _triple(stride)
+        self.padding = _triple(padding)
+        self.backend: Backend = backend
+        self.weight = nn.Parameter(torch.empty(*self.kernel_size, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._spconv_impl: list[Any] = []  # not a registered submodule (no extra state keys)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform(+-1/sqrt(fan_in)) like ``nn.Conv3d``'s default, fan_in = in * kD * kH * kW."""
+        fan_in = self.in_channels * math.prod(self.kernel_size)
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        )
+
+    def _use_spconv(self, x: SparseTensor) -> bool:
+        if self.backend == "torch":
+            return False
+        available = spconv_module() is not None
+        if self.backend == "spconv":
+            if not available:
+                raise RuntimeError("sparse_backend 'spconv' requested but spconv 2.x does not import")
+            return True
+        return available and x.features.is_cuda
+
+    def kernel_map(self, x: SparseTensor) -> KernelMap:
+        """The (cached, for submanifold) kernel map of this layer on x."""
+        if self.subm:
+            key = ("subm", self.kernel_size)
+            kmap = x.cache.get(key)
+            if kmap is None:
+                kmap = submanifold_kernel_map(x.indices, x.spatial_shape, self.kernel_size)
+                x.cache[key] = kmap
+            return kmap
+        return strided_kernel_map(x.indices, x.spatial_shape, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        """x: features [V, C_in] -> [V', C_out] at the output sites of this convolution."""
+        if self._use_spconv(x):
+            return self._forward_spconv(x)
+        kmap = self.kernel_map(x)
+        feats = apply_kernel_map(x.features, self.weight, kmap, self.bias)
+        if self.subm:
+            return x.replace_feature(feats)
+        return SparseTensor(feats, kmap.out_indices, kmap.out_shape, x.batch_size)
+
+    def _forward_spconv(self, x: SparseTensor) -> SparseTensor:
+        sp = spconv_module()
+        if not self._spconv_impl:
+            cls = sp.SubMConv3d if self.subm else sp.SparseConv3d
+            impl = cls(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                stride=self.stride,
+                padding=self.padding,
+                bias=False,
+            )
+            del impl._parameters["weight"]  # replaced by a view of our parameter at each call
+            self._spconv_impl.append(impl)
+        impl = self._spconv_impl[0]
+        impl.weight = convert_weight(self.weight, "ours", "spconv2")
+        impl.to(x.features.device)
+        st = sp.SparseConvTensor(
+            x.features, x.indices.int(), list(x.spatial_shape), x.batch_size
+        )
+        out = impl(st)
+        feats = out.features if self.bias is None else out.features + self.bias
+        if self.subm:
+            return x.replace_feature(feats)
+        return SparseTensor(feats, out.indices.long(), tuple(out.spatial_shape), x.batch_size)  # type: ignore[arg-type]
+
+
+class SubMConv3d(_SparseConvBase):
+    """Submanifold sparse convolution: odd kernel, stride 1, padding k // 2, outputs only at
+    the active input sites. Weight [kD, kH, kW, in, out]."""
+
+    subm = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        *,
+        bias: bool = False,
+        backend: Backend = "auto",
+    ) -> None:
+        k = _triple(kernel_size)
+        super().__init__(in_channels, out_channels, k, 1, tuple(s // 2 for s in k), bias, backend)
+
+
+class SparseConv3d(_SparseConvBase):
+    """Regular sparse convolution (usually strided) with the spconv active-output rule.
+    Weight [kD, kH, kW, in, out]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int] = 3,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        *,
+        bias: bool = False,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, backend)
+
+
+def is_sparse_module(module: nn.Module) -> bool:
+    """Modules that take and return a :class:`SparseTensor` (others act on the features)."""
+    return isinstance(module, (_SparseConvBase, SparseSequential, SparseBasicBlock))
+
+
+class SparseSequential(nn.Sequential):
+    """Sequential over a :class:`SparseTensor`: sparse modules get the tensor, every other module
+    (BatchNorm1d, ReLU, ...) is applied to its features [V, C]."""
+
+    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
+        for module in self:
+            x = module(x) if is_sparse_module(module) else x.replace_feature(module(x.features))
+        return x
+
+
+class SparseBasicBlock(nn.Module):
+    """SubM3d 3^3 (no bias) + BN + ReLU + SubM3d + BN, + identity, ReLU (mmdet3d naming
+    ``conv1, bn1, conv2, bn2``). features [V, C] -> [V, C], same sites."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.01,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.conv1 = SubMConv3d(channels, channels, 3, backend=backend)
+        self.bn1 = nn.BatchNorm1d(channels, eps=bn_eps, momentum=bn_momentum)
+        self.conv2 = SubMConv3d(channels, channels, 3, backend=backend)
+        self.bn2 = nn.BatchNorm1d(channels, eps=bn_eps, momentum=bn_momentum)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        out = self.conv1(x)
+        out = out.replace_feature(self.relu(self.bn1(out.features)))
+        out = self.conv2(out)
+        return out.replace_feature(self.relu(self.bn2(out.features) + x.features))
