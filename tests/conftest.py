@@ -57,8 +57,16 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread per process: the suite runs as 2 xdist workers on 2 cores, and
+    # oversubscription makes small CPU kernels many times slower.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     import torch
 
     torch.manual_seed(0)
