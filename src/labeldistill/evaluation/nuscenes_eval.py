@@ -84,6 +84,25 @@ ATTRIBUTE_STATIC: dict[str, str] = {
     "traffic_cone": "",
 }
 
+#: nuScenes category -> detection class (the devkit's ``category_to_detection_name`` table, kept
+#: here so that drawing does not import the devkit; a test checks that they agree).
+DETECTION_NAME_OF_CATEGORY: dict[str, str] = {
+    "movable_object.barrier": "barrier",
+    "vehicle.bicycle": "bicycle",
+    "vehicle.bus.bendy": "bus",
+    "vehicle.bus.rigid": "bus",
+    "vehicle.car": "car",
+    "vehicle.construction": "construction_vehicle",
+    "vehicle.motorcycle": "motorcycle",
+    "human.pedestrian.adult": "pedestrian",
+    "human.pedestrian.child": "pedestrian",
+    "human.pedestrian.construction_worker": "pedestrian",
+    "human.pedestrian.police_officer": "pedestrian",
+    "movable_object.trafficcone": "traffic_cone",
+    "vehicle.trailer": "trailer",
+    "vehicle.truck": "truck",
+}
+
 _TP_NAMES: dict[str, str] = {
     "trans_err": "mATE",
     "scale_err": "mASE",
@@ -214,8 +233,6 @@ def gt_as_results(
     false positives). Attributes are the annotation's own; translation, size, rotation and
     velocity are the global-frame annotation values.
     """
-    from nuscenes.eval.detection.utils import category_to_detection_name
-
     from labeldistill.data.infos import info_path, load_infos
 
     if infos is None:
@@ -228,7 +245,7 @@ def gt_as_results(
     for info in infos:
         records = results.setdefault(str(info["sample_token"]), [])
         for ann in info["ann_infos"]:
-            name = category_to_detection_name(ann["category_name"])
+            name = DETECTION_NAME_OF_CATEGORY.get(ann["category_name"])
             if name is None or ann.get("num_lidar_pts", 1) + ann.get("num_radar_pts", 0) == 0:
                 continue
             tokens = list(ann.get("attribute_tokens", []))
@@ -255,7 +272,9 @@ def gt_as_results(
 
 def _check_split(version: str, split: str) -> None:
     if version not in VERSION_SPLITS:
-        raise UserError(f"unknown nuScenes version '{version}': use one of {sorted(VERSION_SPLITS)}")
+        raise UserError(
+            f"unknown nuScenes version '{version}': use one of {sorted(VERSION_SPLITS)}"
+        )
     if split not in VERSION_SPLITS[version]:
         raise UserError(
             f"split '{split}' does not belong to {version}: use --split one of "
@@ -272,13 +291,15 @@ def _split_sample_tokens(nusc: Any, split: str) -> list[str]:
     return [s["token"] for s in nusc.sample if names[s["scene_token"]] in scenes]
 
 
-def _read_results(results_path: Path) -> dict[str, Any]:
+def load_results(results_path: Path) -> dict[str, Any]:
     if not results_path.is_file():
         raise UserError(f"result file {results_path} does not exist: check --results")
     try:
         data = json.loads(results_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"result file {results_path} is not valid JSON ({exc}): rewrite it") from None
+        raise UserError(
+            f"result file {results_path} is not valid JSON ({exc}): rewrite it"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise UserError(
             f"result file {results_path} has no 'results' mapping of sample token -> boxes: "
@@ -346,8 +367,9 @@ def _distance_band_ap(evaluator: Any) -> dict[str, Any]:
         gt = _band_boxes(evaluator.gt_boxes, low, high)
         pred = _band_boxes(evaluator.pred_boxes, low, high)
         per_class: dict[str, float | None] = {}
-        for name in cfg.class_names:
-            if not any(b.detection_name == name for b in gt.all):
+        present_names = {b.detection_name for b in gt.all}
+        for name in CLASSES:
+            if name not in present_names:
                 per_class[name] = None
                 continue
             aps = [
@@ -402,12 +424,14 @@ def evaluate_json(
     results_path = Path(results_path)
     out_dir = Path(out_dir)
     _check_split(version, split)
-    data = _read_results(results_path)
+    data = load_results(results_path)
     _validate_records(results_path, data["results"])
     nusc = open_nuscenes(dataroot, version)
     tokens = _split_sample_tokens(nusc, split)
     if not tokens:
-        raise DataError(f"split {split} of {Path(dataroot) / version} has no samples: check --split")
+        raise DataError(
+            f"split {split} of {Path(dataroot) / version} has no samples: check --split"
+        )
     wanted = set(tokens)
     unknown = [t for t in data["results"] if t not in wanted]
     if unknown:
@@ -429,7 +453,9 @@ def evaluate_json(
             )
         filled = {t: data["results"].get(t, []) for t in tokens}
         meta = data["meta"] if isinstance(data.get("meta"), dict) else dict(RESULT_META)
-        eval_input = write_results(out_dir / "results_filled.json", {"meta": meta, "results": filled})
+        eval_input = write_results(
+            out_dir / "results_filled.json", {"meta": meta, "results": filled}
+        )
 
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
@@ -497,7 +523,9 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "   -  " if v is None else f"{float(v):.4f}"
 
-    lines = [f"nuScenes detection metrics ({metrics.get('version', '')} {metrics.get('split', '')})"]
+    lines = [
+        f"nuScenes detection metrics ({metrics.get('version', '')} {metrics.get('split', '')})"
+    ]
     lines.append(f"{'mAP':<22}{fmt(metrics['mAP'])}")
     lines.append(f"{'NDS':<22}{fmt(metrics['NDS'])}")
     for name in _TP_NAMES.values():

@@ -81,7 +81,10 @@ class BevEncoder(nn.Module):
 
     def __init__(self, in_channels: int, cfg: BevEncoderConfig) -> None:
         super().__init__()
-        if len(cfg.neck_upsample_strides) != cfg.num_stages + 1 or len(cfg.neck_out_channels) != cfg.num_stages + 1:
+        if (
+            len(cfg.neck_upsample_strides) != cfg.num_stages + 1
+            or len(cfg.neck_out_channels) != cfg.num_stages + 1
+        ):
             raise ConfigError(
                 "bev_encoder.neck_upsample_strides and neck_out_channels need num_stages + 1 "
                 f"entries (input + each stage), got {list(cfg.neck_upsample_strides)} and "

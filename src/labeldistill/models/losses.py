@@ -22,7 +22,9 @@ def clip_sigmoid(x: Tensor, eps: float = SIGMOID_CLAMP) -> Tensor:
     return torch.clamp(x.sigmoid(), min=eps, max=1 - eps)
 
 
-def gaussian_focal_loss(pred: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0) -> Tensor:
+def gaussian_focal_loss(
+    pred: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0
+) -> Tensor:
     """Summed Gaussian focal loss (mmdet, METHOD.md 8.1).
 
     pred: probabilities, target: soft targets in [0, 1], same shape. Per element
@@ -40,7 +42,9 @@ def weighted_l1(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Summed ``weight * |pred - target|``; entries with weight 0 or a NaN target contribute 0
     (even when the difference is NaN/inf). Shapes broadcast; returns a scalar."""
     valid = (weight != 0) & ~torch.isnan(target)
-    diff = torch.where(valid, (pred - target).abs() * weight, torch.zeros((), dtype=pred.dtype, device=pred.device))
+    diff = torch.where(
+        valid, (pred - target).abs() * weight, torch.zeros((), dtype=pred.dtype, device=pred.device)
+    )
     return diff.sum()
 
 

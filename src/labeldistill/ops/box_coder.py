@@ -55,7 +55,12 @@ def encode(boxes: Tensor, grid: GridConfig) -> tuple[Tensor, Tensor]:
 
 def cells_in_grid(cells: Tensor, grid: GridConfig) -> Tensor:
     """cells: [M, 2] int64 (xi, yi) -> [M] bool, True inside ``[0, X) x [0, Y)``."""
-    return (cells[:, 0] >= 0) & (cells[:, 0] < grid.size_x) & (cells[:, 1] >= 0) & (cells[:, 1] < grid.size_y)
+    return (
+        (cells[:, 0] >= 0)
+        & (cells[:, 0] < grid.size_x)
+        & (cells[:, 1] >= 0)
+        & (cells[:, 1] < grid.size_y)
+    )
 
 
 def code_to_boxes(code: Tensor, xs: Tensor, ys: Tensor, grid: GridConfig) -> Tensor:
@@ -68,7 +73,14 @@ def code_to_boxes(code: Tensor, xs: Tensor, ys: Tensor, grid: GridConfig) -> Ten
     y = (ys.to(code.dtype) + code[..., 1]) * grid.y_bound[2] + grid.y_bound[0]
     yaw = torch.atan2(code[..., 6], code[..., 7])
     return torch.cat(
-        [x[..., None], y[..., None], code[..., 2:3], code[..., 3:6].exp(), yaw[..., None], code[..., 8:10]],
+        [
+            x[..., None],
+            y[..., None],
+            code[..., 2:3],
+            code[..., 3:6].exp(),
+            yaw[..., None],
+            code[..., 8:10],
+        ],
         dim=-1,
     )
 
@@ -100,7 +112,9 @@ def topk_cells(heatmap: Tensor, max_num: int) -> tuple[Tensor, Tensor]:
     return scores, torch.stack([classes, inds], dim=2)
 
 
-def decode(heatmap: Tensor, code: Tensor, grid: GridConfig, params: DecodeParams) -> list[Detections]:
+def decode(
+    heatmap: Tensor, code: Tensor, grid: GridConfig, params: DecodeParams
+) -> list[Detections]:
     """Dense maps of one task -> per-sample detections (before NMS), METHOD.md 4.7 steps 1-3.
 
     heatmap: [B, k, Y, X] class probabilities (after sigmoid).
@@ -120,7 +134,9 @@ def decode(heatmap: Tensor, code: Tensor, grid: GridConfig, params: DecodeParams
     if params.post_center_range is not None:
         rng = boxes.new_tensor(params.post_center_range)
         keep &= (boxes[..., :3] >= rng[:3]).all(dim=2) & (boxes[..., :3] <= rng[3:]).all(dim=2)
-    return [Detections(boxes[i][keep[i]], scores[i][keep[i]], classes[i][keep[i]]) for i in range(b)]
+    return [
+        Detections(boxes[i][keep[i]], scores[i][keep[i]], classes[i][keep[i]]) for i in range(b)
+    ]
 
 
 def gather_cells(maps: Tensor, inds: Tensor) -> Tensor:

@@ -17,21 +17,22 @@ summation order):
   matrix with at most one entry per frustum point); the BEV grid is then the sparse-dense
   product ``S @ context`` (context ``[B * N * h * w, C]``). Its backward is a custom autograd
   function: ``dcontext = S^T @ dout`` and ``dS[cell, pixel] = <dout[cell], context[pixel]>``
-  (a sampled dense-dense product, only at the entries of S); gradients reach ``depth`` through the (autograd-tracked) merge.
+  (a sampled dense-dense product, only at the entries of S); gradients reach ``depth``
+  through the (autograd-tracked) merge.
   Geometry gets no gradient (cell indices are integers), as in the original.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import warnings
 
 import torch
 from torch import Tensor
 
 from labeldistill.config import GridConfig
+
 
 @dataclass(frozen=True)
 class VoxelGrid:
@@ -58,10 +59,15 @@ def _cells(geometry: Tensor, grid: VoxelGrid) -> tuple[Tensor, Tensor]:
     geometry: [B, N, D, h, w, 3] -> (cell [B*N*D*h*w] int64, valid [B*N*D*h*w] bool).
     """
     b = geometry.shape[0]
-    lower = geometry.new_tensor(grid.lower)
-    cell = geometry.new_tensor(grid.cell)
-    # float32 like the original (``(geom - (coord - size / 2)) / size).int()``).
-    idx = ((geometry.detach().float() - lower.float()) / cell.float()).int().long()
+    # float32 exactly like the original: ``((geom - (coord - size / 2)) / size).int()`` with the
+    # buffer ``coord = lower + size / 2``.
+    cell = torch.tensor(grid.cell, dtype=torch.float32, device=geometry.device)
+    coord = torch.tensor(
+        [lo + c / 2.0 for lo, c in zip(grid.lower, grid.cell)],
+        dtype=torch.float32,
+        device=geometry.device,
+    )
+    idx = ((geometry.detach().float() - (coord - cell / 2.0)) / cell).int().long()
     idx = idx.reshape(b, -1, 3)
     nx, ny, nz = grid.size
     valid = (
@@ -81,10 +87,19 @@ def _check(geometry: Tensor, depth: Tensor, context: Tensor) -> None:
     if geometry.dim() != 6 or geometry.shape[-1] != 3:
         raise ValueError(f"geometry must be [B, N, D, h, w, 3], got {tuple(geometry.shape)}")
     if depth.shape != geometry.shape[:-1]:
-        raise ValueError(f"depth {tuple(depth.shape)} does not match geometry {tuple(geometry.shape)}")
+        raise ValueError(
+            f"depth {tuple(depth.shape)} does not match geometry {tuple(geometry.shape)}"
+        )
     bb, nn, _, hh, ww = depth.shape
-    if context.dim() != 5 or (context.shape[0], context.shape[1], *context.shape[3:]) != (bb, nn, hh, ww):
-        raise ValueError(f"context must be [B, N, C, h, w] matching depth, got {tuple(context.shape)}")
+    if context.dim() != 5 or (context.shape[0], context.shape[1], *context.shape[3:]) != (
+        bb,
+        nn,
+        hh,
+        ww,
+    ):
+        raise ValueError(
+            f"context must be [B, N, C, h, w] matching depth, got {tuple(context.shape)}"
+        )
 
 
 def voxel_pool_reference(

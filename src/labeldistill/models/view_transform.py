@@ -1,0 +1,149 @@
+"""Lift-splat view transform and the student's image-to-BEV backbone (METHOD.md 4.1-4.4).
+
+:class:`LSSBackbone` is the published ``BaseLSSFPN``: its attribute names (``img_backbone``,
+``img_neck``, ``depth_net`` and the persistent buffers ``voxel_size``, ``voxel_coord``,
+``voxel_num``, ``frustum``) give the ``backbone.*`` keys of METHOD.md 12.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from labeldistill.config import GridConfig, StudentConfig
+from labeldistill.errors import ConfigError
+from labeldistill.models.depth_net import DepthNet, camera_vector
+from labeldistill.models.image_backbone import ResNetBackbone, build_image_neck
+from labeldistill.ops.voxel_pool import VoxelGrid, pool_fn
+
+
+def depth_bins(d_bound: tuple[float, float, float]) -> Tensor:
+    """Lower edges of the D depth bins: d_min, d_min + step, ... (< d_max) -> [D] float32."""
+    d_min, d_max, step = d_bound
+    n = round((d_max - d_min) / step)
+    return d_min + step * torch.arange(n, dtype=torch.float32)
+
+
+def make_frustum(
+    image_size: tuple[int, int], downsample: int, d_bound: tuple[float, float, float]
+) -> Tensor:
+    """Frustum points in augmented-image coordinates -> [D, h, w, 4] of (u, v, d, 1).
+
+    u = linspace(0, W - 1, w), v = linspace(0, H - 1, h), d = bin lower edges; h = H // ds,
+    w = W // ds.
+    """
+    height, width = image_size
+    h, w = height // downsample, width // downsample
+    d = depth_bins(d_bound)
+    u = torch.linspace(0, width - 1, w, dtype=torch.float32)
+    v = torch.linspace(0, height - 1, h, dtype=torch.float32)
+    dd, vv, uu = torch.meshgrid(d, v, u, indexing="ij")
+    return torch.stack([uu, vv, dd, torch.ones_like(dd)], dim=-1)
+
+
+def frustum_geometry(
+    frustum: Tensor, ego_from_camera: Tensor, intrinsics: Tensor, ida: Tensor, bda: Tensor
+) -> Tensor:
+    """Ego-frame position of every frustum point (METHOD.md 4.3).
+
+    frustum [D, h, w, 4]; ego_from_camera, intrinsics, ida [B, N, 4, 4]; bda [B, 4, 4]
+    -> [B, N, D, h, w, 3]: p = ida^-1 (u, v, d, 1); p = (p_u p_d, p_v p_d, p_d, 1);
+    p = bda ego_from_camera intrinsics^-1 p.
+    """
+    b, n = ida.shape[:2]
+    dtype = torch.float32
+    pts = frustum.to(dtype).view(1, 1, *frustum.shape, 1)  # [1, 1, D, h, w, 4, 1]
+    ida_inv = torch.inverse(ida.to(dtype)).view(b, n, 1, 1, 1, 4, 4)
+    pts = ida_inv @ pts
+    pts = torch.cat([pts[..., :2, :] * pts[..., 2:3, :], pts[..., 2:, :]], dim=-2)
+    combine = ego_from_camera.to(dtype) @ torch.inverse(intrinsics.to(dtype))
+    combine = bda.to(dtype).view(b, 1, 4, 4) @ combine
+    pts = combine.view(b, n, 1, 1, 1, 4, 4) @ pts
+    return pts[..., :3, 0]
+
+
+@dataclass
+class LSSOutput:
+    """bev: [B, F*C, Y, X] BEV features of all frames in order [t, t-1, ...];
+    depth: [B*N, D, h, w] key-frame depth probabilities (softmax)."""
+
+    bev: Tensor
+    depth: Tensor
+
+
+class LSSBackbone(nn.Module):
+    """Image backbone + neck + DepthNet + lift-splat for F key frames (``BaseLSSFPN``).
+
+    forward(imgs [B, F, N, 3, H, W], ego_from_camera / intrinsics / ida [B, F, N, 4, 4],
+    bda [B, 4, 4]) -> :class:`LSSOutput`. Frame 0 runs with gradients; frames 1.. under
+    ``torch.no_grad()`` with their own matrices and the shared bda. DepthNet is conditioned on
+    frame-0 matrices for every frame (METHOD.md 14, quirk 20).
+    """
+
+    def __init__(self, cfg: StudentConfig, grid: GridConfig, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        vt = cfg.view_transform
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        multiple = max(vt.downsample, 32)  # C5 has stride 32 and is upsampled x2 by the neck
+        if self.image_size[0] % multiple or self.image_size[1] % multiple:
+            raise ConfigError(
+                f"data.image_size {list(self.image_size)} must be a multiple of {multiple} in both "
+                "dimensions (ResNet C5 stride 32): e.g. [256, 704]"
+            )
+        self.downsample = vt.downsample
+        self.context_channels = vt.context_channels
+        self.depth_channels = grid.num_depth_bins
+        self.pool = pool_fn(vt.pool_impl)
+        self.grid = VoxelGrid.from_config(grid)
+        bounds = (grid.x_bound, grid.y_bound, grid.z_bound)
+        self.register_buffer("voxel_size", torch.tensor([b[2] for b in bounds]))
+        self.register_buffer("voxel_coord", torch.tensor([b[0] + b[2] / 2.0 for b in bounds]))
+        self.register_buffer("voxel_num", torch.tensor(self.grid.size, dtype=torch.int64))
+        self.register_buffer("frustum", make_frustum(self.image_size, vt.downsample, grid.d_bound))
+        self.img_backbone = ResNetBackbone(cfg.image_backbone)
+        self.img_neck = build_image_neck(cfg.image_neck, self.img_backbone.out_channels)
+        self.depth_net = DepthNet(
+            cfg.depth_net, self.img_neck.out_channels, vt.context_channels, self.depth_channels
+        )
+
+    def _frame(
+        self, imgs: Tensor, mats: tuple[Tensor, Tensor, Tensor], bda: Tensor, cam: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One frame: imgs [B, N, 3, H, W] -> (BEV [B, C, Y, X], depth probs [B*N, D, h, w])."""
+        b, n = imgs.shape[:2]
+        feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))
+        out = self.depth_net(feats, cam)
+        depth = out.depth_logits.softmax(dim=1)
+        geom = frustum_geometry(self.frustum, *mats, bda)
+        h, w = depth.shape[2:]
+        bev = self.pool(
+            geom,
+            depth.view(b, n, self.depth_channels, h, w),
+            out.context.view(b, n, self.context_channels, h, w),
+            self.grid,
+        )
+        return bev, depth
+
+    def forward(
+        self, imgs: Tensor, ego_from_camera: Tensor, intrinsics: Tensor, ida: Tensor, bda: Tensor
+    ) -> LSSOutput:
+        if imgs.dim() != 6 or tuple(imgs.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"images must be [B, F, N, 3, {self.image_size[0]}, {self.image_size[1]}], "
+                f"got {tuple(imgs.shape)}"
+            )
+        cam = camera_vector(ego_from_camera[:, 0], intrinsics[:, 0], ida[:, 0], bda)
+        bevs = []
+        depth = None
+        for f in range(imgs.shape[1]):
+            mats = (ego_from_camera[:, f], intrinsics[:, f], ida[:, f])
+            if f == 0:
+                bev, depth = self._frame(imgs[:, f], mats, bda, cam)
+            else:
+                with torch.no_grad():
+                    bev, _ = self._frame(imgs[:, f], mats, bda, cam)
+            bevs.append(bev)
+        assert depth is not None
+        return LSSOutput(bev=torch.cat(bevs, dim=1), depth=depth)

@@ -1,0 +1,94 @@
+"""ImageNet initialisation of the student's image backbone from the local torch hub cache.
+
+The paper initialises its ResNet with torchvision's ``IMAGENET1K_V1`` weights. Training machines
+may be offline, so nothing is downloaded here: the file must already be in
+``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``); otherwise a one-line
+:class:`~labeldistill.errors.UserError` says where we looked, how to get the file and how to
+train from random init instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import (
+    ResNet18_Weights,
+    ResNet34_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+)
+
+from labeldistill.config import ImageBackboneConfig
+from labeldistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_WEIGHTS = {
+    18: ResNet18_Weights.IMAGENET1K_V1,
+    34: ResNet34_Weights.IMAGENET1K_V1,
+    50: ResNet50_Weights.IMAGENET1K_V1,
+    101: ResNet101_Weights.IMAGENET1K_V1,
+}
+
+
+def imagenet_weights_path(depth: int, hub_dir: str | Path | None = None) -> Path:
+    """Where torchvision caches the ``IMAGENET1K_V1`` file of ResNet-``depth``."""
+    if depth not in _WEIGHTS:
+        raise UserError(
+            f"image backbone depth {depth} has no ImageNet weights: use 18, 34, 50 or 101"
+        )
+    root = Path(hub_dir) if hub_dir is not None else Path(torch.hub.get_dir())
+    return root / "checkpoints" / Path(_WEIGHTS[depth].url).name
+
+
+def load_imagenet_backbone(
+    backbone: nn.Module, depth: int, hub_dir: str | Path | None = None
+) -> Path:
+    """Copy torchvision ImageNet weights into ``backbone`` (a ``ResNetBackbone``); no download.
+
+    ``fc.*`` entries are dropped; every other key must match (strict). Returns the file used.
+    Raises :class:`UserError` when the file is not in the cache.
+    """
+    path = imagenet_weights_path(depth, hub_dir)
+    url = _WEIGHTS[depth].url
+    if not path.is_file():
+        raise UserError(
+            f"ImageNet weights for ResNet-{depth} not found at {path}: download {url} into "
+            f"{path.parent} on a machine with internet (or set TORCH_HOME), or pass "
+            "--set student.image_backbone.pretrained=false for random init"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(
+            f"ImageNet weights file {path} is unreadable ({type(exc).__name__}): delete it and "
+            f"download {url} again"
+        ) from None
+    if not isinstance(state, dict):
+        state = {}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"ImageNet weights file {path} does not fit ResNet-{depth} (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}): delete it and download "
+            f"{url} again"
+        )
+    backbone.load_state_dict(state, strict=True)
+    log.info("image backbone initialised from %s", path)
+    return path
+
+
+def init_student_backbone(image_backbone: nn.Module, cfg: ImageBackboneConfig) -> Path | None:
+    """Load ImageNet weights into a student's ``backbone.img_backbone`` when
+    ``cfg.pretrained`` (paper default); random init (returns None) otherwise."""
+    if not cfg.pretrained:
+        log.info("image backbone: random init (student.image_backbone.pretrained=false)")
+        return None
+    return load_imagenet_backbone(image_backbone, cfg.depth)

@@ -1,0 +1,118 @@
+"""Image backbone (torchvision-compatible ResNet, frozen stem), image neck, and the ImageNet
+loader of training/pretrained.py (cache only, clear error otherwise)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import resnet18, resnet50
+
+from labeldistill.config import ImageBackboneConfig, ImageNeckConfig
+from labeldistill.errors import UserError
+from labeldistill.models.image_backbone import ResNetBackbone, build_image_neck
+from labeldistill.training.pretrained import (
+    imagenet_weights_path,
+    init_student_backbone,
+    load_imagenet_backbone,
+)
+
+
+def test_state_dict_keys_match_torchvision_without_fc() -> None:
+    ours = ResNetBackbone(ImageBackboneConfig(depth=50)).state_dict()
+    ref = {k: v.shape for k, v in resnet50().state_dict().items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in ours.items()} == ref
+    # METHOD.md 12.1 names
+    assert ours["conv1.weight"].shape == (64, 3, 7, 7)
+    assert "layer4.2.conv3.weight" in ours and "layer1.0.downsample.1.running_var" in ours
+    assert "layer3.5.bn3.weight" in ours and "layer3.6.bn3.weight" not in ours  # 3/4/6/3 blocks
+
+
+@pytest.mark.parametrize(
+    ("depth", "channels"), [(18, (64, 128, 256, 512)), (50, (256, 512, 1024, 2048))]
+)
+def test_outputs_and_neck(depth: int, channels: tuple[int, ...]) -> None:
+    backbone = ResNetBackbone(ImageBackboneConfig(depth=depth, pretrained=False)).eval()
+    neck = build_image_neck(ImageNeckConfig(), backbone.out_channels).eval()
+    x = torch.randn(2, 3, 64, 192)
+    with torch.no_grad():
+        feats = backbone(x)
+        out = neck(feats)
+    assert [tuple(f.shape) for f in feats] == [
+        (2, c, 64 // s, 192 // s) for c, s in zip(channels, (4, 8, 16, 32))
+    ]
+    assert out.shape == (2, 512, 4, 12)
+    # Neck layer types as published: convs for strides 0.25 / 0.5, transposed convs for 1 / 2.
+    kinds = [type(b[0]).__name__ for b in neck.deblocks]
+    assert kinds == ["Conv2d", "Conv2d", "ConvTranspose2d", "ConvTranspose2d"]
+    assert neck.deblocks[0][0].weight.shape == (128, channels[0], 4, 4)
+    assert neck.deblocks[3][0].weight.shape == (channels[3], 128, 2, 2)
+
+
+def test_stem_frozen_and_kept_in_eval() -> None:
+    backbone = ResNetBackbone(ImageBackboneConfig(depth=18, frozen_stages=0))
+    backbone.train()
+    assert not backbone.conv1.weight.requires_grad and not backbone.bn1.weight.requires_grad
+    assert backbone.layer1[0].conv1.weight.requires_grad
+    assert not backbone.bn1.training and backbone.layer1[0].bn1.training
+    stem_mean = backbone.bn1.running_mean.clone()
+    l1_mean = backbone.layer1[0].bn1.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64) * 3 + 1)
+    torch.testing.assert_close(backbone.bn1.running_mean, stem_mean)  # stem statistics frozen
+    assert not torch.allclose(backbone.layer1[0].bn1.running_mean, l1_mean)
+
+    free = ResNetBackbone(ImageBackboneConfig(depth=18, frozen_stages=-1)).train()
+    assert free.conv1.weight.requires_grad and free.bn1.training
+    more = ResNetBackbone(ImageBackboneConfig(depth=18, frozen_stages=1)).train()
+    assert not more.layer1[0].conv1.weight.requires_grad and not more.layer1[0].bn1.training
+    assert more.layer2[0].conv1.weight.requires_grad
+    norm_eval = ResNetBackbone(
+        ImageBackboneConfig(depth=18, frozen_stages=-1, norm_eval=True)
+    ).train()
+    assert not norm_eval.layer3[1].bn2.training and norm_eval.layer3[1].conv2.training
+
+
+def test_imagenet_weights_loaded_from_cache(tmp_path) -> None:  # noqa: ANN001
+    path = imagenet_weights_path(18, tmp_path)
+    assert path.parent == tmp_path / "checkpoints"
+    assert path.name.startswith("resnet18-") and path.suffix == ".pth"
+    reference = resnet18()
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    backbone = ResNetBackbone(ImageBackboneConfig(depth=18))
+    assert load_imagenet_backbone(backbone, 18, tmp_path) == path
+    torch.testing.assert_close(backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    torch.testing.assert_close(backbone.bn1.running_var, reference.bn1.running_var)
+    assert not backbone.conv1.weight.requires_grad  # loading keeps the stem frozen
+
+
+def test_missing_weights_raise_one_line_user_error(tmp_path) -> None:  # noqa: ANN001
+    backbone = ResNetBackbone(ImageBackboneConfig(depth=50))
+    with pytest.raises(UserError) as info:
+        load_imagenet_backbone(backbone, 50, tmp_path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert str(tmp_path / "checkpoints") in msg
+    assert "https://download.pytorch.org/models/resnet50-" in msg
+    assert "--set student.image_backbone.pretrained=false" in msg
+
+
+def test_wrong_file_raises_user_error(tmp_path) -> None:  # noqa: ANN001
+    path = imagenet_weights_path(50, tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), path)  # an R18 file under the R50 name
+    with pytest.raises(UserError, match="does not fit ResNet-50"):
+        load_imagenet_backbone(ResNetBackbone(ImageBackboneConfig(depth=50)), 50, tmp_path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="unreadable"):
+        load_imagenet_backbone(ResNetBackbone(ImageBackboneConfig(depth=50)), 50, tmp_path)
+
+
+def test_init_student_backbone_respects_flag(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    cfg = ImageBackboneConfig(depth=18, pretrained=False)
+    backbone = ResNetBackbone(cfg)
+    before = backbone.layer1[0].conv1.weight.clone()
+    assert init_student_backbone(backbone, cfg) is None
+    torch.testing.assert_close(backbone.layer1[0].conv1.weight, before)
+    with pytest.raises(UserError, match=str(tmp_path)):
+        init_student_backbone(backbone, ImageBackboneConfig(depth=18, pretrained=True))

@@ -1,0 +1,158 @@
+"""Frustum, frustum geometry through ida / intrinsics / extrinsics / bda (hand-worked), and the
+LSS backbone: pooling implementations agree, previous frames without gradient and conditioned
+on the key frame's camera vector (quirk 20)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from labeldistill.config import (
+    BevEncoderConfig,
+    DepthNetConfig,
+    GridConfig,
+    ImageBackboneConfig,
+    ImageNeckConfig,
+    StudentConfig,
+    ViewTransformConfig,
+)
+from labeldistill.models.depth_net import camera_vector
+from labeldistill.models.view_transform import (
+    LSSBackbone,
+    depth_bins,
+    frustum_geometry,
+    make_frustum,
+)
+
+
+def test_depth_bins_and_frustum() -> None:
+    d = depth_bins((2.0, 58.0, 0.5))
+    assert d.shape == (112,) and d[0] == 2.0 and d[1] == 2.5 and d[-1] == 57.5
+    f = make_frustum((256, 704), 16, (2.0, 58.0, 0.5))
+    assert f.shape == (112, 16, 44, 4)
+    torch.testing.assert_close(f[0, 0, :, 0], torch.linspace(0, 703, 44))
+    torch.testing.assert_close(f[0, :, 0, 1], torch.linspace(0, 255, 16))
+    assert f[5, 3, 7, 2] == 4.5 and torch.all(f[..., 3] == 1)
+    assert f[0, 15, 43, 0] == 703 and f[0, 15, 43, 1] == 255
+
+
+def _camera(b: int = 1, n: int = 1):  # noqa: ANN202
+    """Forward-looking camera at ego (1, 2, 1.5): cam z -> ego x, cam x -> -y, cam y -> -z."""
+    e = torch.eye(4)
+    e[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    e[:3, 3] = torch.tensor([1.0, 2.0, 1.5])
+    k = torch.eye(4)
+    k[0, 0], k[1, 1], k[0, 2], k[1, 2] = 100.0, 50.0, 10.0, 5.0
+    return e.expand(b, n, 4, 4), k.expand(b, n, 4, 4)
+
+
+def test_geometry_by_hand() -> None:
+    frustum = torch.tensor([[[[30.0, 15.0, 4.0, 1.0]]]])  # one point: pixel (30, 15), depth 4 m
+    e, k = _camera()
+    eye = torch.eye(4).view(1, 1, 4, 4)
+    geom = frustum_geometry(frustum, e, k, eye, torch.eye(4).view(1, 4, 4))
+    # camera: x = (30 - 10) * 4 / 100 = 0.8, y = (15 - 5) * 4 / 50 = 0.8, z = 4
+    # ego: (1 + 4, 2 - 0.8, 1.5 - 0.8)
+    torch.testing.assert_close(geom[0, 0, 0, 0, 0], torch.tensor([5.0, 1.2, 0.7]))
+
+    # ida: image resized x2 then shifted by (-6, +4): the augmented pixel (54, 34) is the original
+    # pixel (30, 15) -> same 3D point.
+    ida = torch.eye(4)
+    ida[0, 0] = ida[1, 1] = 2.0
+    ida[0, 3], ida[1, 3] = -6.0, 4.0
+    aug = torch.tensor([[[[54.0, 34.0, 4.0, 1.0]]]])
+    geom = frustum_geometry(aug, e, k, ida.view(1, 1, 4, 4), torch.eye(4).view(1, 4, 4))
+    torch.testing.assert_close(geom[0, 0, 0, 0, 0], torch.tensor([5.0, 1.2, 0.7]))
+
+    # bda: rotate 90 degrees about z and flip y afterwards: (x, y, z) -> (-y, x, z) -> (-y, -x, z)
+    rot = torch.tensor(
+        [[math.cos(math.pi / 2), -1.0, 0.0], [1.0, math.cos(math.pi / 2), 0.0], [0, 0, 1.0]]
+    )
+    flip = torch.diag(torch.tensor([1.0, -1.0, 1.0]))
+    bda = torch.eye(4)
+    bda[:3, :3] = flip @ rot
+    geom = frustum_geometry(frustum, e, k, eye, bda.view(1, 4, 4))
+    torch.testing.assert_close(geom[0, 0, 0, 0, 0], torch.tensor([-1.2, -5.0, 0.7]))
+
+
+def tiny_student_config(pool_impl: str = "fast") -> StudentConfig:
+    return StudentConfig(
+        image_backbone=ImageBackboneConfig(depth=18, pretrained=False),
+        image_neck=ImageNeckConfig(out_channels=(8, 8, 8, 8)),
+        depth_net=DepthNetConfig(mid_channels=16, dcn_groups=4),
+        view_transform=ViewTransformConfig(context_channels=6, pool_impl=pool_impl),
+        bev_encoder=BevEncoderConfig(base_channels=8, neck_out_channels=(8, 8, 8, 8)),
+    )
+
+
+TINY_GRID = GridConfig(
+    x_bound=(-25.6, 25.6, 1.6), y_bound=(-25.6, 25.6, 1.6), d_bound=(2.0, 34.0, 2.0)
+)
+
+
+def _inputs(b: int, f: int, n: int, size=(32, 96)):  # noqa: ANN001, ANN202
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(b, f, n, 3, *size, generator=gen)
+    e = torch.eye(4).repeat(b, f, n, 1, 1)
+    for cam in range(n):  # cameras around the car, looking outwards
+        yaw = 2 * math.pi * cam / n
+        c, s = math.cos(yaw), math.sin(yaw)
+        fwd = torch.tensor([c, s, 0.0])
+        right = torch.tensor([s, -c, 0.0])
+        down = torch.tensor([0.0, 0.0, -1.0])
+        e[:, :, cam, :3, :3] = torch.stack([right, down, fwd], dim=1)
+        e[:, :, cam, :3, 3] = torch.tensor([1.0, 0.0, 1.6])
+    e[:, 1:, :, 0, 3] -= 3.0  # previous frame: ego moved 3 m
+    k = torch.eye(4).repeat(b, f, n, 1, 1)
+    k[..., 0, 0] = k[..., 1, 1] = 80.0
+    k[..., 0, 2], k[..., 1, 2] = size[1] / 2, size[0] / 2
+    ida = torch.eye(4).repeat(b, f, n, 1, 1)
+    bda = torch.eye(4).repeat(b, 1, 1)
+    return imgs, e, k, ida, bda
+
+
+def test_lss_backbone_fast_equals_reference_and_frames() -> None:
+    fast = LSSBackbone(tiny_student_config("fast"), TINY_GRID, (32, 96)).eval()
+    ref = LSSBackbone(tiny_student_config("reference"), TINY_GRID, (32, 96)).eval()
+    ref.load_state_dict(fast.state_dict())
+    imgs, e, k, ida, bda = _inputs(2, 2, 2)
+    out = fast(imgs, e, k, ida, bda)
+    assert out.bev.shape == (2, 12, 32, 32)
+    assert out.depth.shape == (4, 16, 2, 6)
+    torch.testing.assert_close(out.depth.sum(dim=1), torch.ones(4, 2, 6))
+    assert out.bev.abs().sum() > 0
+    torch.testing.assert_close(ref(imgs, e, k, ida, bda).bev, out.bev, atol=1e-5, rtol=1e-4)
+
+    # Frame 1 = the single-frame pipeline on frame-1 images and matrices, but with the DepthNet
+    # conditioned on frame-0 matrices (quirk 20).
+    with torch.no_grad():
+        cam0 = camera_vector(e[:, 0], k[:, 0], ida[:, 0], bda)
+        bev1, _ = fast._frame(imgs[:, 1], (e[:, 1], k[:, 1], ida[:, 1]), bda, cam0)
+        cam1 = camera_vector(e[:, 1], k[:, 1], ida[:, 1], bda)
+        bev1_own, _ = fast._frame(imgs[:, 1], (e[:, 1], k[:, 1], ida[:, 1]), bda, cam1)
+    torch.testing.assert_close(out.bev[:, 6:], bev1)
+    assert not torch.allclose(bev1_own, bev1)  # frame-1 matrices differ: the quirk matters
+
+
+def test_previous_frames_carry_no_gradient() -> None:
+    model = LSSBackbone(tiny_student_config(), TINY_GRID, (32, 96)).train()
+    imgs, e, k, ida, bda = _inputs(1, 2, 2)
+    out = model(imgs, e, k, ida, bda)
+    out.bev[:, 6:].sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is None or torch.all(g == 0) for g in grads)
+    model.zero_grad(set_to_none=True)
+    out = model(imgs, e, k, ida, bda)
+    out.bev[:, :6].sum().backward()
+    assert model.depth_net.depth_conv[5].weight.grad.abs().sum() > 0
+    assert model.img_backbone.layer1[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_published_buffers() -> None:
+    model = LSSBackbone(StudentConfig(), GridConfig(), (256, 704))
+    sd = model.state_dict()
+    torch.testing.assert_close(sd["voxel_size"], torch.tensor([0.8, 0.8, 8.0]))
+    torch.testing.assert_close(sd["voxel_coord"], torch.tensor([-50.8, -50.8, -1.0]))
+    assert sd["voxel_num"].tolist() == [128, 128, 1] and sd["voxel_num"].dtype == torch.int64
+    assert sd["frustum"].shape == (112, 16, 44, 4)
