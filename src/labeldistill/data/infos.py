@@ -1,0 +1,359 @@
+"""Info files: one dict per key sample in the layout of METHOD.md 3.1 (BEVDepth's ``gen_info``).
+
+On disk we write a versioned superset ``{'schema_version', 'meta', 'infos'}`` whose ``infos``
+list is exactly the legacy layout; :func:`load_infos` also reads the plain lists that
+BEVDepth/LabelDistill users already have. Files are unpickled with an allow-list (builtins and
+numpy arrays only), so an info file can never run code.
+
+Info dict (one per key sample, scenes in ``nusc.scene`` order, samples in time order)::
+
+    sample_token, timestamp, scene_token
+    cam_infos      {cam: {sample_token, ego_pose, timestamp, is_key_frame, height, width,
+                          filename, calibrated_sensor}}           for the 6 cameras of CAM_NAMES
+    lidar_infos    {'LIDAR_TOP': {sample_token, ego_pose, timestamp, filename, calibrated_sensor}}
+    cam_sweeps     [{cam: sweep info (cam_infos fields)}]          <= 6 slots, newest first
+    lidar_sweeps   [{'LIDAR_TOP': {..., is_key_frame, ...}}]       <= 5 past, then <= 5 future
+    ann_infos      [sample_annotation record + 'velocity' (3,) float64, global frame, NaN -> 0]
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeldistill.data.io import atomic_pickle
+from labeldistill.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Version of the on-disk wrapper written by :func:`save_infos` (not of the info dicts).
+SCHEMA_VERSION = 1
+
+CAM_NAMES: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_RIGHT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_FRONT_LEFT",
+)
+LIDAR_NAME = "LIDAR_TOP"
+MAX_CAM_SWEEPS = 6
+LIDAR_PAST_SWEEPS = 5
+LIDAR_FUTURE_SWEEPS = 5
+
+#: Keys every info dict must have (legacy files of the test split may lack the sweeps).
+REQUIRED_KEYS: tuple[str, ...] = (
+    "sample_token",
+    "timestamp",
+    "scene_token",
+    "cam_infos",
+    "lidar_infos",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------
+
+
+def _cam_info(nusc: Any, sd: dict) -> dict:
+    """Info of one camera sample_data record (its own pose and calibration)."""
+    return {
+        "sample_token": sd["sample_token"],
+        "ego_pose": dict(nusc.get("ego_pose", sd["ego_pose_token"])),
+        "timestamp": sd["timestamp"],
+        "is_key_frame": sd["is_key_frame"],
+        "height": sd["height"],
+        "width": sd["width"],
+        "filename": sd["filename"],
+        "calibrated_sensor": dict(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])),
+    }
+
+
+def _lidar_info(nusc: Any, sd: dict, *, with_key_flag: bool) -> dict:
+    """Info of one LiDAR sample_data record; sweeps carry ``is_key_frame``, the key scan not."""
+    info: dict[str, Any] = {
+        "sample_token": sd["sample_token"],
+        "ego_pose": dict(nusc.get("ego_pose", sd["ego_pose_token"])),
+        "timestamp": sd["timestamp"],
+    }
+    if with_key_flag:
+        info["is_key_frame"] = sd["is_key_frame"]
+    info["filename"] = sd["filename"]
+    info["calibrated_sensor"] = dict(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]))
+    return info
+
+
+def _cam_sweeps(nusc: Any, sample: dict) -> list[dict]:
+    """Up to MAX_CAM_SWEEPS slots {cam: info}: walk ``prev`` from each key image while the
+    sweep still belongs to the key's sample; a camera that runs out is absent from later slots.
+    """
+    current = {cam: nusc.get("sample_data", sample["data"][cam]) for cam in CAM_NAMES}
+    alive = set(CAM_NAMES)
+    sweeps: list[dict] = []
+    for _ in range(MAX_CAM_SWEEPS):
+        slot: dict[str, dict] = {}
+        for cam in CAM_NAMES:
+            if cam not in alive:
+                continue
+            sd = current[cam]
+            if sd["prev"] == "":
+                alive.discard(cam)
+                continue
+            prev = nusc.get("sample_data", sd["prev"])
+            if prev["sample_token"] != sample["token"]:
+                alive.discard(cam)
+                continue
+            current[cam] = prev
+            slot[cam] = _cam_info(nusc, prev)
+        if not slot:
+            break
+        sweeps.append(slot)
+    return sweeps
+
+
+def _lidar_sweeps(nusc: Any, sample: dict) -> list[dict]:
+    """The 5-past + 5-future slot rule of METHOD.md 3.1, truncated at the first empty slot.
+
+    Past slots walk ``prev`` from the key scan while the sweep belongs to the key's sample;
+    future slots walk ``next`` while the sweep's sample is in the key's scene.
+    """
+    slots: list[dict | None] = [None] * (LIDAR_PAST_SWEEPS + LIDAR_FUTURE_SWEEPS)
+    key = nusc.get("sample_data", sample["data"][LIDAR_NAME])
+    sd = key
+    for i in range(LIDAR_PAST_SWEEPS):
+        if sd["prev"] == "":
+            break
+        sd = nusc.get("sample_data", sd["prev"])
+        if sd["sample_token"] != sample["token"]:
+            break
+        slots[i] = {LIDAR_NAME: _lidar_info(nusc, sd, with_key_flag=True)}
+    sd = key
+    for i in range(LIDAR_PAST_SWEEPS, LIDAR_PAST_SWEEPS + LIDAR_FUTURE_SWEEPS):
+        if sd["next"] == "":
+            break
+        sd = nusc.get("sample_data", sd["next"])
+        if nusc.get("sample", sd["sample_token"])["scene_token"] != sample["scene_token"]:
+            break
+        slots[i] = {LIDAR_NAME: _lidar_info(nusc, sd, with_key_flag=True)}
+    out: list[dict] = []
+    for slot in slots:
+        if slot is None:
+            break
+        out.append(slot)
+    return out
+
+
+def _ann_infos(nusc: Any, sample: dict) -> list[dict]:
+    """Raw sample_annotation records (global frame) plus the devkit velocity, NaN -> 0."""
+    anns = []
+    for token in sample["anns"]:
+        ann = dict(nusc.get("sample_annotation", token))
+        velocity = np.asarray(nusc.box_velocity(token), dtype=np.float64)
+        if np.isnan(velocity).any():
+            velocity = np.zeros(3, dtype=np.float64)
+        ann["velocity"] = velocity
+        anns.append(ann)
+    return anns
+
+
+def sample_info(nusc: Any, sample: dict) -> dict:
+    """The METHOD.md 3.1 info dict of one sample record."""
+    cam_infos = {
+        cam: _cam_info(nusc, nusc.get("sample_data", sample["data"][cam])) for cam in CAM_NAMES
+    }
+    lidar_sd = nusc.get("sample_data", sample["data"][LIDAR_NAME])
+    return {
+        "sample_token": sample["token"],
+        "timestamp": sample["timestamp"],
+        "scene_token": sample["scene_token"],
+        "cam_infos": cam_infos,
+        "lidar_infos": {LIDAR_NAME: _lidar_info(nusc, lidar_sd, with_key_flag=False)},
+        "cam_sweeps": _cam_sweeps(nusc, sample),
+        "lidar_sweeps": _lidar_sweeps(nusc, sample),
+        "ann_infos": _ann_infos(nusc, sample),
+    }
+
+
+def build_infos(nusc: Any, scene_names: Iterable[str], progress: bool = False) -> list[dict]:
+    """Info dicts of every key sample of the named scenes (those present in ``nusc``).
+
+    Scenes are visited in ``nusc.scene`` order and samples by ``next`` from
+    ``first_sample_token``, so the list is ordered by scene and time. Names not in this
+    dataroot are ignored (the caller decides whether an empty result is an error).
+    """
+    wanted = set(scene_names)
+    scenes = [s for s in nusc.scene if s["name"] in wanted]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=sum(s["nbr_samples"] for s in scenes), desc="infos", unit="sample", disable=None
+        )
+    infos: list[dict] = []
+    try:
+        for scene in scenes:
+            token = scene["first_sample_token"]
+            while token:
+                sample = nusc.get("sample", token)
+                infos.append(sample_info(nusc, sample))
+                if bar is not None:
+                    bar.update(1)
+                token = sample["next"]
+    finally:
+        if bar is not None:
+            bar.close()
+    return infos
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
+
+
+def info_path(directory: str | Path, split: str) -> Path:
+    """``directory / nuscenes_infos_<split>.pkl`` (the names BEVDepth users already have)."""
+    return Path(directory) / f"nuscenes_infos_{split}.pkl"
+
+
+def save_infos(path: str | Path, infos: list[dict], meta: dict[str, Any]) -> Path:
+    """Write ``{'schema_version', 'meta', 'infos'}`` atomically; ``meta`` gets ``created``
+    (UTC, ISO 8601) when it lacks it. Returns the path."""
+    meta = dict(meta)
+    meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat())
+    payload = {"schema_version": SCHEMA_VERSION, "meta": meta, "infos": list(infos)}
+    atomic_pickle(path, payload)
+    return Path(path)
+
+
+@dataclass
+class InfoFile:
+    """Contents of an info file: the info dicts, the wrapper's meta data and schema version
+    (``meta == {}`` and ``schema_version == 0`` for a legacy plain list)."""
+
+    infos: list[dict]
+    meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = 0
+
+
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("builtins", "complex"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _InfoUnpickler(pickle.Unpickler):
+    """Unpickler that only resolves the globals an info file can hold."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise DataError(
+            f"info file {self._path} holds a Python object {module}.{name}, which no info file "
+            "contains (refusing to load it): regenerate it with `labeldistill prepare`"
+        )
+
+
+def _regen(path: Path) -> str:
+    return f"regenerate {path.name} with `labeldistill prepare --dataroot DIR --version V`"
+
+
+def read_info_file(path: str | Path) -> InfoFile:
+    """Read an info file of ours or a legacy plain list -> :class:`InfoFile`.
+
+    Raises DataError (one line naming the file and the fix) for a missing file, a file that is
+    not a pickle, an unknown layout, a newer schema or info dicts without the required keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"info file {path} does not exist: {_regen(path)}")
+    try:
+        data = _InfoUnpickler(io.BytesIO(path.read_bytes()), path).load()
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (any unpickling failure means "not an info file")
+        raise DataError(
+            f"info file {path} is not a readable pickle ({type(exc).__name__}: {exc}): "
+            f"{_regen(path)}"
+        ) from None
+
+    if isinstance(data, list):
+        out = InfoFile(infos=data)
+    elif isinstance(data, dict) and "schema_version" in data:
+        version = data["schema_version"]
+        if not isinstance(version, int) or version < 1:
+            raise DataError(
+                f"info file {path} has an invalid schema_version {version!r}: {_regen(path)}"
+            )
+        if version > SCHEMA_VERSION:
+            raise DataError(
+                f"info file {path} has schema version {version}, newer than this labeldistill "
+                f"reads ({SCHEMA_VERSION}): upgrade labeldistill or {_regen(path)}"
+            )
+        if not isinstance(data.get("infos"), list) or not isinstance(data.get("meta", {}), dict):
+            raise DataError(
+                f"info file {path} (schema {version}) lacks its 'infos' list: {_regen(path)}"
+            )
+        out = InfoFile(infos=data["infos"], meta=dict(data.get("meta", {})), schema_version=version)
+    else:
+        what = (
+            f"a dict with keys {sorted(map(str, data))[:6]}"
+            if isinstance(data, dict)
+            else f"a {type(data).__name__}"
+        )
+        raise DataError(
+            f"info file {path} has an unknown layout ({what}; expected a list of info dicts or "
+            f"a labeldistill info file): {_regen(path)}"
+        )
+    _check_infos(out.infos, path)
+    return out
+
+
+def _check_infos(infos: list, path: Path) -> None:
+    for i, info in enumerate(infos):
+        if not isinstance(info, dict):
+            raise DataError(
+                f"info file {path}: entry {i} is a {type(info).__name__}, not an info dict: "
+                f"{_regen(path)}"
+            )
+        missing = [k for k in REQUIRED_KEYS if k not in info]
+        if missing:
+            raise DataError(
+                f"info file {path}: entry {i} lacks {', '.join(missing)} (not the nuScenes "
+                f"info layout): {_regen(path)}"
+            )
+        if not isinstance(info["cam_infos"], dict) or LIDAR_NAME not in info["lidar_infos"]:
+            raise DataError(
+                f"info file {path}: entry {i} has malformed cam_infos/lidar_infos: {_regen(path)}"
+            )
+
+
+def load_infos(path: str | Path) -> list[dict]:
+    """The info dicts of an info file (ours or a legacy plain list); see :func:`read_info_file`."""
+    return read_info_file(path).infos
