@@ -53,7 +53,9 @@ def _triple(v: int | Sequence[int]) -> Int3:
     return t  # type: ignore[return-value]
 
 
-def conv_output_shape(spatial_shape: Sequence[int], kernel: Int3, stride: Int3, padding: Int3) -> Int3:
+def conv_output_shape(
+    spatial_shape: Sequence[int], kernel: Int3, stride: Int3, padding: Int3
+) -> Int3:
     """Output grid of a (dense-equivalent) convolution: ``(n + 2p - k) // s + 1`` per axis."""
     return tuple(  # type: ignore[return-value]
         (int(n) + 2 * p - k) // s + 1 for n, k, s, p in zip(spatial_shape, kernel, stride, padding)
@@ -149,33 +151,47 @@ def _kernel_offsets(kernel: Int3, device: torch.device) -> Tensor:
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
-def _split_pairs(found: Tensor, in_rows: Tensor, out_rows: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-    """found [K, V] bool with in/out rows [K, V] -> per-offset lists of selected rows."""
-    counts = found.sum(dim=1).tolist()
-    return list(in_rows[found].split(counts)), list(out_rows[found].split(counts))
-
-
 def submanifold_kernel_map(indices: Tensor, spatial_shape: Int3, kernel: Int3) -> KernelMap:
-    """Kernel map of a submanifold convolution (stride 1, padding k // 2, outputs = inputs)."""
+    """Kernel map of a submanifold convolution (stride 1, padding k // 2, outputs = inputs).
+
+    For an in-bounds neighbour offset ``o`` the linear key moves by a constant ``delta``, so the
+    sorted keys shifted by ``delta`` are sorted queries (cache-friendly ``searchsorted``). Pairs of
+    offset ``-o`` are those of ``o`` with input and output swapped, so only half the offsets are
+    searched; the centre offset is the identity.
+    """
     if any(k % 2 == 0 for k in kernel):
         raise ValueError(f"submanifold convolution needs odd kernel sizes, got {kernel}")
     device = indices.device
+    num = indices.shape[0]
+    d, h, w = spatial_shape
+    offsets = _kernel_offsets(kernel, device) - torch.tensor(
+        [k // 2 for k in kernel], device=device
+    )
+    num_k = offsets.shape[0]
+    center = num_k // 2
+    in_rows: list[Tensor] = [indices.new_zeros(0)] * num_k
+    out_rows: list[Tensor] = [indices.new_zeros(0)] * num_k
+    ident = torch.arange(num, device=device)
+    in_rows[center], out_rows[center] = ident, ident
+    if num == 0 or num_k == 1:
+        return KernelMap(in_rows, out_rows, indices, spatial_shape)
     keys = linearize(indices, spatial_shape)
     sorted_keys, perm = torch.sort(keys)
-    pad = torch.tensor([k // 2 for k in kernel], device=device)
-    offsets = _kernel_offsets(kernel, device) - pad  # [K, 3]
+    coords = indices[perm, 1:]  # [V, 3] in key order
     shape = torch.tensor(spatial_shape, device=device)
-    num = indices.shape[0]
-    nb = indices[None, :, 1:] + offsets[:, None, :]  # [K, V, 3] neighbour = q - pad + k
-    inside = ((nb >= 0) & (nb < shape)).all(dim=2)
-    nb_idx = torch.cat([indices[None, :, :1].expand(len(offsets), num, 1), nb], dim=2)
-    nb_keys = linearize(nb_idx.reshape(-1, 4), spatial_shape).view(len(offsets), num)
-    pos = torch.searchsorted(sorted_keys, nb_keys).clamp(max=max(num - 1, 0))
-    found = inside & (sorted_keys[pos] == nb_keys) if num > 0 else inside
-    in_rows = perm[pos] if num > 0 else pos
-    out_rows = torch.arange(num, device=device).expand(len(offsets), num)
-    ins, outs = _split_pairs(found, in_rows, out_rows)
-    return KernelMap(ins, outs, indices, spatial_shape)
+    half = offsets[:center]  # [K/2, 3]; offset K-1-k is the mirror of k
+    delta = (half[:, 0] * h + half[:, 1]) * w + half[:, 2]
+    queries = sorted_keys[None, :] + delta[:, None]  # [K/2, V], each row sorted
+    pos = torch.searchsorted(sorted_keys, queries).clamp_(max=num - 1)
+    nb = coords[None] + half[:, None]  # [K/2, V, 3]
+    found = (sorted_keys[pos] == queries) & ((nb >= 0) & (nb < shape)).all(dim=2)
+    counts = found.sum(dim=1).tolist()
+    rows_out = perm.expand_as(pos)[found].split(counts)  # site q (output of offset o)
+    rows_in = perm[pos[found]].split(counts)  # its neighbour q + o (input of offset o)
+    for k in range(center):
+        in_rows[k], out_rows[k] = rows_in[k], rows_out[k]
+        in_rows[num_k - 1 - k], out_rows[num_k - 1 - k] = rows_out[k], rows_in[k]
+    return KernelMap(in_rows, out_rows, indices, spatial_shape)
 
 
 def strided_kernel_map(
@@ -189,38 +205,87 @@ def strided_kernel_map(
             f"sparse convolution on grid {tuple(spatial_shape)} with kernel {kernel}, stride "
             f"{stride}, padding {padding} gives an empty output grid {out_shape}"
         )
-    offsets = _kernel_offsets(kernel, device)  # [K, 3]
-    st = torch.tensor(stride, device=device)
-    pd = torch.tensor(padding, device=device)
-    oshape = torch.tensor(out_shape, device=device)
     num = indices.shape[0]
-    num_k = len(offsets)
-    # p = q * s - pad + k  <=>  q * s = p + pad - k
-    num_q = indices[None, :, 1:] + pd - offsets[:, None, :]  # [K, V, 3]
-    q = torch.div(num_q, st, rounding_mode="floor")
-    ok = ((num_q - q * st) == 0).all(dim=2) & ((q >= 0) & (q < oshape)).all(dim=2)
-    cand = torch.cat([indices[None, :, :1].expand(num_k, num, 1), q], dim=2)  # [K, V, 4]
-    cand_keys = linearize(cand.reshape(-1, 4), out_shape).view(num_k, num)
-    out_keys = torch.unique(cand_keys[ok])  # sorted
+    # per axis: which kernel taps k give an integer, in-range q = (p + pad - k) / s
+    axis_ok = []
+    for a in range(3):
+        taps = torch.arange(kernel[a], device=device)
+        num_q = indices[:, 1 + a, None] + padding[a] - taps[None, :]  # [V, k_a]
+        q = torch.div(num_q, stride[a], rounding_mode="floor")
+        axis_ok.append((num_q - q * stride[a] == 0) & (q >= 0) & (q < out_shape[a]))
+    ok = axis_ok[0][:, :, None, None] & axis_ok[1][:, None, :, None] & axis_ok[2][:, None, None, :]
+    ok = ok.reshape(num, -1).t()  # [K, V] in weight order
+    k_idx, rows = torch.nonzero(ok, as_tuple=True)  # grouped by offset, then input row
+    offsets = _kernel_offsets(kernel, device)
+    pd = torch.tensor(padding, device=device)
+    st = torch.tensor(stride, device=device)
+    q = torch.div(indices[rows, 1:] + pd - offsets[k_idx], st, rounding_mode="floor")
+    cand_keys = linearize(torch.cat([indices[rows, :1], q], dim=1), out_shape)
+    out_keys = torch.unique(cand_keys)  # sorted
     d, h, w = out_shape
     out_indices = torch.stack(
-        [out_keys // (d * h * w), (out_keys // (h * w)) % d, (out_keys // w) % h, out_keys % w], dim=1
+        [out_keys // (d * h * w), (out_keys // (h * w)) % d, (out_keys // w) % h, out_keys % w],
+        dim=1,
     )
-    out_rows = torch.searchsorted(out_keys, cand_keys.clamp(min=0))
-    in_rows = torch.arange(num, device=device).expand(num_k, num)
-    ins, outs = _split_pairs(ok, in_rows, out_rows)
-    return KernelMap(ins, outs, out_indices, out_shape)
+    out_rows = torch.searchsorted(out_keys, cand_keys)
+    counts = ok.sum(dim=1).tolist()
+    return KernelMap(list(rows.split(counts)), list(out_rows.split(counts)), out_indices, out_shape)
 
 
-def apply_kernel_map(features: Tensor, weight: Tensor, kmap: KernelMap, bias: Tensor | None = None) -> Tensor:
+def _gather_gemm_scatter(features: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
+    """sum_k scatter(out_rows_k, features[in_rows_k] @ weight[k]); weight [K, C_in, C_out].
+
+    For one offset every output row appears at most once (p -> q is injective), so the indexed
+    accumulation is exact and deterministic.
+    """
+    out = features.new_zeros(kmap.out_indices.shape[0], weight.shape[2])
+    for k, (ins, outs) in enumerate(zip(kmap.in_rows, kmap.out_rows)):
+        if ins.numel():
+            vals = features.index_select(0, ins) @ weight[k]  # fp16 under autocast
+            out.index_put_((outs,), vals.to(out.dtype), accumulate=True)
+    return out
+
+
+class _SparseConvFunction(torch.autograd.Function):
+    """Gather-GEMM-scatter with a hand-written backward (no per-offset full-size temporaries).
+
+    grad_features = sum_k scatter(in_rows_k, grad_out[out_rows_k] @ W[k]^T);
+    grad_W[k] = features[in_rows_k]^T @ grad_out[out_rows_k].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(features, weight)
+        ctx.kmap = kmap
+        return _gather_gemm_scatter(features, weight, kmap)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        features, weight = ctx.saved_tensors
+        kmap: KernelMap = ctx.kmap
+        grad_out = grad_out.contiguous()
+        grad_feat = torch.zeros_like(features) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for k, (ins, outs) in enumerate(zip(kmap.in_rows, kmap.out_rows)):
+            if ins.numel() == 0:
+                continue
+            go = grad_out.index_select(0, outs)
+            if grad_w is not None:
+                feats_k = features.index_select(0, ins).to(go.dtype)
+                grad_w[k] = (feats_k.t() @ go).to(grad_w.dtype)
+            if grad_feat is not None:
+                vals = (go @ weight[k].to(go.dtype).t()).to(grad_feat.dtype)
+                grad_feat.index_put_((ins,), vals, accumulate=True)
+        return grad_feat, grad_w, None
+
+
+def apply_kernel_map(
+    features: Tensor, weight: Tensor, kmap: KernelMap, bias: Tensor | None = None
+) -> Tensor:
     """Gather-GEMM-scatter: features [V, C_in], weight [kD, kH, kW, C_in, C_out] -> [V', C_out]."""
     c_in, c_out = weight.shape[-2:]
-    w = weight.reshape(-1, c_in, c_out)
-    out = features.new_zeros(kmap.out_indices.shape[0], c_out)
-    for k, (ins, outs) in enumerate(zip(kmap.in_rows, kmap.out_rows)):
-        if ins.numel() == 0:
-            continue
-        out = out.index_add(0, outs, features.index_select(0, ins) @ w[k])
+    out = _SparseConvFunction.apply(features, weight.reshape(-1, c_in, c_out), kmap)
     if bias is not None:
         out = out + bias
     return out
@@ -260,7 +325,9 @@ def convert_weight(weight: Tensor, src: Layout, dst: Layout) -> Tensor:
     return ours.permute(*_FROM_OURS[dst]).contiguous()
 
 
-def convert_state_dict(state_dict: dict[str, Tensor], src: Layout, dst: Layout) -> dict[str, Tensor]:
+def convert_state_dict(
+    state_dict: dict[str, Tensor], src: Layout, dst: Layout
+) -> dict[str, Tensor]:
     """Convert every 5-d tensor of a state dict (the sparse-conv weights) between layouts."""
     return {k: convert_weight(v, src, dst) if v.dim() == 5 else v for k, v in state_dict.items()}
 
@@ -340,7 +407,9 @@ class _SparseConvBase(nn.Module):
         available = spconv_module() is not None
         if self.backend == "spconv":
             if not available:
-                raise RuntimeError("sparse_backend 'spconv' requested but spconv 2.x does not import")
+                raise RuntimeError(
+                    "sparse_backend 'spconv' requested but spconv 2.x does not import"
+                )
             return True
         return available and x.features.is_cuda
 
@@ -353,7 +422,9 @@ class _SparseConvBase(nn.Module):
                 kmap = submanifold_kernel_map(x.indices, x.spatial_shape, self.kernel_size)
                 x.cache[key] = kmap
             return kmap
-        return strided_kernel_map(x.indices, x.spatial_shape, self.kernel_size, self.stride, self.padding)
+        return strided_kernel_map(
+            x.indices, x.spatial_shape, self.kernel_size, self.stride, self.padding
+        )
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         """x: features [V, C_in] -> [V', C_out] at the output sites of this convolution."""
@@ -382,9 +453,7 @@ class _SparseConvBase(nn.Module):
         impl = self._spconv_impl[0]
         impl.weight = convert_weight(self.weight, "ours", "spconv2")
         impl.to(x.features.device)
-        st = sp.SparseConvTensor(
-            x.features, x.indices.int(), list(x.spatial_shape), x.batch_size
-        )
+        st = sp.SparseConvTensor(x.features, x.indices.int(), list(x.spatial_shape), x.batch_size)
         out = impl(st)
         feats = out.features if self.bias is None else out.features + self.bias
         if self.subm:

@@ -117,7 +117,7 @@ def voxelize(
     voxels[vid[keep], slot[keep]] = points[point_idx[keep]]
     first_cells = cell[first[order[:num_vox]]]  # (x, y, z) of each voxel
     coords = first_cells.flip(1).contiguous()
-    num_points = counts[order[:num_vox]].clamp(max=max_points)
+    num_points = counts[:num_vox].clamp(max=max_points)
     return Voxels(voxels=voxels, coords=coords, num_points=num_points)
 
 
@@ -137,10 +137,14 @@ def voxelize_batch(
         batch_col = torch.full_like(v.coords[:, :1], b)
         coors.append(torch.cat([batch_col, v.coords], dim=1))
         counts.append(v.num_points)
-    return BatchVoxels(voxels=torch.cat(voxels), coors=torch.cat(coors), num_points=torch.cat(counts))
+    return BatchVoxels(
+        voxels=torch.cat(voxels), coors=torch.cat(coors), num_points=torch.cat(counts)
+    )
 
 
-def mean_voxel_features(voxels: Tensor, num_points: Tensor, num_features: int | None = None) -> Tensor:
+def mean_voxel_features(
+    voxels: Tensor, num_points: Tensor, num_features: int | None = None
+) -> Tensor:
     """HardSimpleVFE: mean of the real points of each voxel.
 
     voxels [V, T, C], num_points [V] -> [V, num_features] (default C). Padding rows must be zero
