@@ -87,13 +87,30 @@ def _add_eval_json(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", default="v1.0-trainval")
     p.add_argument("--split", default="val")
-    p.add_argument("--results", required=True, help="nuScenes detection result JSON")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--results", help="nuScenes detection result JSON")
+    what.add_argument(
+        "--gt-as-results",
+        action="store_true",
+        help="evaluate the split's ground truth written as predictions (sanity check: mAP ~ 1)",
+    )
     p.add_argument("--out", required=True, help="output dir (metrics_summary.json)")
 
     def run(args: argparse.Namespace) -> int:
-        from labeldistill.evaluation.nuscenes_eval import evaluate_json, format_metrics
+        from pathlib import Path
 
-        metrics = evaluate_json(args.dataroot, args.version, args.split, args.results, args.out)
+        from labeldistill.evaluation.nuscenes_eval import (
+            evaluate_json,
+            format_metrics,
+            gt_as_results,
+            write_results,
+        )
+
+        results = args.results
+        if args.gt_as_results:
+            gt = gt_as_results(args.dataroot, args.version, args.split)
+            results = write_results(Path(args.out) / "results_gt.json", gt)
+        metrics = evaluate_json(args.dataroot, args.version, args.split, results, args.out)
         print(format_metrics(metrics))
         return 0
 
@@ -101,7 +118,9 @@ def _add_eval_json(sub: argparse._SubParsersAction) -> Handler:
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
-    p = sub.add_parser("visualize", help="draw boxes on the six cameras and in BEV (PNG per sample)")
+    p = sub.add_parser(
+        "visualize", help="draw boxes on the six cameras and in BEV (PNG per sample)"
+    )
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", default="v1.0-trainval")
     p.add_argument("--split", default="val")
@@ -110,9 +129,26 @@ def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--score-threshold", type=float, default=0.3)
     p.add_argument("--num", type=int, default=4, help="how many samples")
     p.add_argument("--sample", action="append", default=None, help="sample token (repeatable)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--scene", default=None, help="scene name (or token): write an animated GIF to --out"
+    )
+    p.add_argument("--out", required=True, help="output directory (with --scene: the .gif)")
 
     def run(args: argparse.Namespace) -> int:
+        if args.scene is not None:
+            from labeldistill.evaluation.scene_video import visualize_scene
+
+            visualize_scene(
+                dataroot=args.dataroot,
+                version=args.version,
+                split=args.split,
+                scene=args.scene,
+                out=args.out,
+                infos_path=args.infos,
+                results_path=args.results,
+                score_threshold=args.score_threshold,
+            )
+            return 0
         from labeldistill.evaluation.visualize import visualize
 
         visualize(
@@ -173,7 +209,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> Handler:
         from labeldistill.config import load_config
         from labeldistill.training.run import evaluate
 
-        evaluate(load_config(args.config, args.overrides), ckpt=args.ckpt, out_dir=args.out)
+        metrics = evaluate(
+            load_config(args.config, args.overrides), ckpt=args.ckpt, out_dir=args.out
+        )
+        if metrics:  # rank 0 only
+            from labeldistill.evaluation.nuscenes_eval import format_metrics
+
+            print(format_metrics(metrics))
         return 0
 
     return run
@@ -183,16 +225,148 @@ def _add_predict(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("predict", help="write a nuScenes result JSON for a split")
     _add_config_args(p)
     p.add_argument("--ckpt", default=None)
+    p.add_argument(
+        "--onnx", default=None, help="run this exported student with onnxruntime instead"
+    )
     p.add_argument("--split", default=None, help="split (default: the config's val split)")
     p.add_argument("--out", required=True, help="results JSON to write")
 
     def run(args: argparse.Namespace) -> int:
         from labeldistill.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.onnx is not None:
+            from labeldistill.training.onnx_export import predict_onnx
+
+            predict_onnx(cfg, args.onnx, split=args.split, out=args.out)
+            return 0
         from labeldistill.training.run import predict
 
-        predict(
-            load_config(args.config, args.overrides), ckpt=args.ckpt, split=args.split, out=args.out
+        predict(cfg, ckpt=args.ckpt, split=args.split, out=args.out)
+        return 0
+
+    return run
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser(
+        "pipeline",
+        help="all LabelDistill stages in order + the baseline, evaluated, one table",
+    )
+    p.add_argument("--dataroot", default=None, help="dataset root (default: the configs' own)")
+    p.add_argument("--out", default="pipeline_out", help="output dir (runs below it)")
+    p.add_argument("--budget", default="tiny", help="tiny (CPU demo), bench or paper")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="labeldistill (default), lidar_only, label_only, no_partition (repeatable)",
+    )
+    p.add_argument("--fresh", action="store_true", help="retrain stages that already finished")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.training.pipeline import format_table, run_pipeline
+
+        result = run_pipeline(
+            args.dataroot,
+            args.out,
+            budget=args.budget,
+            seed=args.seed,
+            variants=tuple(args.variant or ("labeldistill",)),
+            fresh=args.fresh,
+            extra=args.overrides,
         )
+        print(format_table(result.rows))
+        return 0
+
+    return run
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser(
+        "demo", help="synthetic set -> every stage -> metrics table and pictures (~10 min CPU)"
+    )
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--samples-per-scene", type=int, default=10)
+    p.add_argument("--budget", default="tiny")
+    p.add_argument("--fresh", action="store_true", help="retrain stages that already finished")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.training.pipeline import format_table, run_demo
+
+        result = run_demo(args.out, args.samples_per_scene, budget=args.budget, fresh=args.fresh)
+        print(f"GT written as predictions (sanity check): mAP {result.gt_metrics['mAP']:.4f}")
+        print(format_table(result.pipeline.rows))
+        for path in result.pictures:
+            print(f"predictions: {path}")
+        return 0
+
+    return run
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("convert", help="convert checkpoints between the original layout and ours")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--from-original", metavar="FILE", help="original .pth/.ckpt (or mmdet3d CenterPoint)"
+    )
+    what.add_argument("--to-original", metavar="FILE", help="our .ckpt / .safetensors")
+    p.add_argument("--config", required=True, help="config whose stage model the weights fit")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True, help=".safetensors (from original) or .pth (to)")
+    p.add_argument(
+        "--sparse-layout",
+        choices=("auto", "mmcv", "spconv2"),
+        default=None,
+        help="sparse-conv weight layout of the original file (default: auto in, mmcv out)",
+    )
+    p.add_argument("--allow-missing", action="store_true", help="write even if the file lacks keys")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.config import load_config
+        from labeldistill.training.convert import convert_from_original, convert_to_original
+
+        cfg = load_config(args.config, args.overrides)
+        if args.from_original is not None:
+            report = convert_from_original(
+                cfg,
+                args.from_original,
+                args.out,
+                layout=args.sparse_layout or "auto",
+                allow_missing=args.allow_missing,
+            )
+            print(f"{args.out}: {report.summary()}")
+            for key in report.unmapped:
+                print(f"  unmapped: {key}")
+            for key in report.missing:
+                print(f"  missing:  {key}")
+        else:
+            if args.sparse_layout == "auto":
+                raise UserError("--sparse-layout auto only applies to --from-original")
+            n = convert_to_original(
+                cfg, args.to_original, args.out, layout=args.sparse_layout or "mmcv"
+            )
+            print(f"{args.out}: {n} tensors in the original layout")
+        return 0
+
+    return run
+
+
+def _add_export_onnx(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser("export-onnx", help="export the camera student's inference graph")
+    _add_config_args(p)
+    p.add_argument("--ckpt", required=True, help="student or LabelDistill checkpoint")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17)
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.config import load_config
+        from labeldistill.training.onnx_export import export_from_config
+
+        cfg = load_config(args.config, args.overrides)
+        export_from_config(cfg, args.ckpt, args.out, args.opset)
         return 0
 
     return run
@@ -208,6 +382,10 @@ _COMMANDS = (
     _add_train,
     _add_eval,
     _add_predict,
+    _add_convert,
+    _add_export_onnx,
+    _add_pipeline,
+    _add_demo,
 )
 
 

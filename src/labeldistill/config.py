@@ -254,6 +254,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
     ema: bool = True
     ema_decay: float = 0.999
+    ema_warmup_steps: int = 0  # > 0: decay * (1 - exp(-n / warmup)) at update n; 0: paper
     seed: int = 0
     deterministic: bool = False
     output_dir: str = "outputs"

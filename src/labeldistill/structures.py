@@ -83,7 +83,7 @@ def _to(value: Any, device: torch.device | str, non_blocking: bool = False) -> A
         return [_to(v, device, non_blocking) for v in value]
     if isinstance(value, tuple):
         return tuple(_to(v, device, non_blocking) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "to"):
         return value.to(device)  # type: ignore[attr-defined]
     return value
 

@@ -12,6 +12,9 @@ from labeldistill.data import synthetic_world as W
 from labeldistill.data.synthetic import SCENES, TABLES, SynthConfig, generate
 from labeldistill.errors import UserError
 
+# One worker builds this module's own synthetic set (with pytest-xdist --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("synthetic_own")
+
 CFG = SynthConfig(seed=3, samples_per_scene=2, image_width=352, image_height=198)
 
 

@@ -1,0 +1,116 @@
+"""Builders: one plain constructor call per model, from the experiment config.
+
+Numbers that follow from several config sections (the number of key frames F from
+``data.key_idxes``, the network input size from ``data.image_size``, the BEV trunk input
+channels F * C) are derived here or in the constructors they are handed to, never stored
+twice in a config. ``build_label_encoder`` / ``build_label_teacher`` / ``build_labeldistill``
+build the LabelDistill stages.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from labeldistill.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from labeldistill.models.label_encoder import LabelEncoder
+    from labeldistill.models.label_teacher import LabelTeacher
+    from labeldistill.models.labeldistill import LabelDistill
+    from labeldistill.models.lidar_teacher import LidarTeacher
+    from labeldistill.models.student import BEVDepthStudent
+
+
+def num_frames(cfg: ExperimentConfig) -> int:
+    """F = the current key frame plus one per entry of ``data.key_idxes``."""
+    return 1 + len(cfg.data.key_idxes)
+
+
+def bev_trunk_in_channels(cfg: ExperimentConfig) -> int:
+    """Channels of the student's BEV input: F * C (450 for 2key, 750 for 4key)."""
+    return num_frames(cfg) * cfg.student.view_transform.context_channels
+
+
+def build_student(cfg: ExperimentConfig) -> BEVDepthStudent:
+    """The BEVDepth camera student (random init; ImageNet weights are loaded by training)."""
+    from labeldistill.models.student import BEVDepthStudent
+
+    return BEVDepthStudent(
+        cfg.student, cfg.grid, num_frames=num_frames(cfg), image_size=tuple(cfg.data.image_size)
+    )
+
+
+def build_lidar_teacher(cfg: ExperimentConfig) -> LidarTeacher:
+    """The CenterPoint LiDAR teacher on the experiment's BEV grid."""
+    from labeldistill.models.lidar_teacher import LidarTeacher
+
+    return LidarTeacher(cfg.lidar_teacher, cfg.grid)
+
+
+# -- LabelDistill stages (label encoder, distilled student) -----------------------------------
+
+
+def teacher_channels(cfg: ExperimentConfig) -> tuple[int, int]:
+    """Channels of the two teacher feature levels (the LiDAR SECOND outputs, which the label
+    encoder must reproduce): ``lidar_teacher.second_out_channels``. A label encoder with other
+    output channels is a config error."""
+    from labeldistill.errors import ConfigError
+
+    lidar = tuple(cfg.lidar_teacher.second_out_channels)
+    label = tuple(cfg.label_encoder.out_channels)
+    if len(lidar) != 2 or lidar != label:
+        raise ConfigError(
+            f"label_encoder.out_channels {list(label)} must equal "
+            f"lidar_teacher.second_out_channels {list(lidar)} (two levels): set the same values"
+        )
+    if tuple(cfg.label_encoder.strides) != (1, 2):
+        raise ConfigError(
+            f"label_encoder.strides {list(cfg.label_encoder.strides)} must be [1, 2] to match "
+            "the two SECOND levels"
+        )
+    return lidar[0], lidar[1]
+
+
+def student_distill_channels(cfg: ExperimentConfig) -> tuple[int, int]:
+    """Channels of the student's two distillation levels: S0 = BEV input F * C, S1 = trunk
+    layer 1 = ``bev_encoder.base_channels`` (450 / 300 for 2key, 750 / 300 for 4key)."""
+    return bev_trunk_in_channels(cfg), cfg.student.bev_encoder.base_channels
+
+
+def build_label_encoder(cfg: ExperimentConfig) -> LabelEncoder:
+    """The label encoder (METHOD.md 6.2) on the experiment's BEV grid."""
+    from labeldistill.models.label_encoder import LabelEncoder
+
+    teacher_channels(cfg)
+    return LabelEncoder(cfg.label_encoder, cfg.grid)
+
+
+def build_label_teacher(cfg: ExperimentConfig) -> LabelTeacher:
+    """Stage 2 (METHOD.md 6.3): a label encoder decoded by a (frozen, randomly initialised until
+    the stage-1 weights are loaded) LiDAR teacher."""
+    from labeldistill.models.label_teacher import LabelTeacher
+
+    return LabelTeacher(build_label_encoder(cfg), build_lidar_teacher(cfg))
+
+
+def build_labeldistill(cfg: ExperimentConfig) -> LabelDistill:
+    """Stage 3 (METHOD.md 7-9): the student with adaptors and the teachers that
+    ``cfg.distill`` switches on (frozen; their trained weights are loaded by training)."""
+    from labeldistill.models.labeldistill import LabelDistill
+
+    d = cfg.distill
+    if not (d.use_lidar_teacher or d.use_label_teacher):
+        from labeldistill.errors import ConfigError
+
+        raise ConfigError(
+            "distill.use_lidar_teacher and distill.use_label_teacher are both false: "
+            "train the student stage (stage: student) instead"
+        )
+    return LabelDistill(
+        build_student(cfg),
+        d,
+        student_channels=student_distill_channels(cfg),
+        lidar_teacher=build_lidar_teacher(cfg) if d.use_lidar_teacher else None,
+        label_encoder=build_label_encoder(cfg) if d.use_label_teacher else None,
+        teacher_channels=teacher_channels(cfg),
+    )

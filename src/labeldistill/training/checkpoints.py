@@ -1,0 +1,251 @@
+"""Checkpoints: the run directory, Lightning checkpointing, ``--resume``, loading weights for
+evaluation / prediction, and frozen teachers for the later stages.
+
+Files we read:
+* our Lightning ``.ckpt`` (``state_dict`` with keys ``model.<...>`` and, when EMA was on,
+  ``ema_state_dict`` with the stage model's own keys; the EMA weights are preferred);
+* our ``ema/epoch_<n>.safetensors`` (stage model keys);
+* the original's ``.pth`` files (``{'state_dict': {'model.<...>': ...}}``).
+``torch.load`` always runs with ``weights_only=True``: no code is executed from a file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor, nn
+
+from labeldistill.config import ExperimentConfig
+from labeldistill.data.io import atomic_path
+from labeldistill.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MODEL_PREFIX = "model."
+LAST = "last"
+
+
+# --------------------------------------------------------------------------------------------
+# Run directory layout (docs/training.md)
+# --------------------------------------------------------------------------------------------
+
+
+def run_dir(cfg: ExperimentConfig) -> Path:
+    """``<trainer.output_dir>/<name>``: everything of one experiment lives below it."""
+    return Path(cfg.trainer.output_dir) / cfg.name
+
+
+def checkpoint_dir(cfg: ExperimentConfig) -> Path:
+    return run_dir(cfg) / "checkpoints"
+
+
+def ema_dir(cfg: ExperimentConfig) -> Path:
+    return run_dir(cfg) / "ema"
+
+
+def last_checkpoint(cfg: ExperimentConfig) -> Path:
+    return checkpoint_dir(cfg) / f"{LAST}.ckpt"
+
+
+def checkpoint_callback(cfg: ExperimentConfig) -> ModelCheckpoint:
+    """A ``.ckpt`` at the end of every epoch (``epoch_<n>.ckpt``, 0-based) plus ``last.ckpt``."""
+    return ModelCheckpoint(
+        dirpath=checkpoint_dir(cfg),
+        filename="epoch_{epoch}",
+        auto_insert_metric_name=False,
+        save_top_k=-1,
+        every_n_epochs=1,
+        save_last=True,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+
+
+def resolve_resume(cfg: ExperimentConfig, resume: str | Path | None) -> Path | None:
+    """``None`` -> None; ``'last'`` -> the run's ``last.ckpt``; else an existing path."""
+    if resume is None:
+        return None
+    path = last_checkpoint(cfg) if str(resume) == LAST else Path(resume)
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume: checkpoint {path} not found (train first, or pass --resume PATH)"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Reading weights
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedWeights:
+    """A state dict read from a file, and which weights they are ('ema' or 'raw')."""
+
+    state_dict: dict[str, Tensor]
+    kind: str
+
+
+def save_safetensors(path: str | Path, state: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write ``state`` (contiguous CPU copies) to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found: check the path") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user error here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely ({first[:160]}): give a .ckpt/.pth "
+            "written by labeldistill or the original code, or a .safetensors file"
+        ) from None
+
+
+def strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Keys starting with ``prefix`` without it; other keys are dropped."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_weights(path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
+    """The model weights in ``path`` (keys of the stage model, no ``model.`` prefix).
+
+    EMA weights are returned when the file has them and ``prefer_ema``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found: check the path")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(
+                f"checkpoint {path} is not a valid safetensors file ({exc})"
+            ) from None
+        return LoadedWeights(state, meta.get("kind", "raw"))
+    obj = _torch_load(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict")
+    if prefer_ema and isinstance(obj.get("ema_state_dict"), dict):
+        return LoadedWeights(dict(obj["ema_state_dict"]), "ema")
+    if isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+        if state and all(k.startswith(MODEL_PREFIX) for k in state):
+            state = strip_prefix(state, MODEL_PREFIX)
+        return LoadedWeights(dict(state), "raw")
+    if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return LoadedWeights(dict(obj), "raw")
+    raise CheckpointError(f"checkpoint {path} has no 'state_dict': not a model checkpoint")
+
+
+@dataclass
+class LoadReport:
+    """Keys of a state dict that did not fit a module."""
+
+    missing: list[str]
+    unexpected: list[str]
+    shape_mismatch: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def summary(self) -> str:
+        parts = []
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("wrong shape", self.shape_mismatch),
+        ):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        return ", ".join(parts) if parts else "all keys match"
+
+
+def compare_state(module: nn.Module, state: dict[str, Tensor]) -> LoadReport:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatch = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    return LoadReport(missing, unexpected, mismatch)
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], source: str | Path) -> LoadReport:
+    """Load ``state`` strictly into ``module``; log a report and raise CheckpointError on any
+    missing, unexpected or wrongly shaped key."""
+    report = compare_state(module, state)
+    if not report.ok:
+        for label, keys in (
+            ("missing", report.missing),
+            ("unexpected", report.unexpected),
+            ("wrong shape", report.shape_mismatch),
+        ):
+            for k in keys[:20]:
+                log.error("checkpoint %s: %s key %s", source, label, k)
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model: {report.summary()}; "
+            "use the config it was trained with"
+        )
+    module.load_state_dict(state, strict=True)
+    return report
+
+
+def load_weights(module: nn.Module, path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
+    """Read ``path`` (EMA preferred) and load it strictly into ``module``."""
+    weights = read_weights(path, prefer_ema=prefer_ema)
+    load_into(module, weights.state_dict, path)
+    log.info("loaded %s weights from %s", weights.kind, path)
+    return weights
+
+
+# --------------------------------------------------------------------------------------------
+# Teachers for the later stages
+# --------------------------------------------------------------------------------------------
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """``requires_grad_(False)`` and eval mode (the owner keeps it in eval across ``.train()``)."""
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def load_teacher(
+    module: nn.Module, path: str | Path, prefixes: Iterable[str] = (), prefer_ema: bool = True
+) -> nn.Module:
+    """Load a trained teacher from ``path`` into ``module`` and freeze it.
+
+    ``prefixes`` are tried in order: the first one that every key of ``module`` can be found
+    under is stripped (e.g. ``"centerpoint."`` for the original's stage-1 file, whose
+    ``model.`` prefix is already removed). Without a match the keys are used as they are.
+    """
+    weights = read_weights(path, prefer_ema=prefer_ema)
+    state = weights.state_dict
+    own = set(module.state_dict())
+    for prefix in prefixes:
+        candidate = strip_prefix(state, prefix)
+        if own <= set(candidate):
+            state = candidate
+            break
+    load_into(module, state, path)
+    log.info("teacher %s: %s weights from %s (frozen)", type(module).__name__, weights.kind, path)
+    return freeze(module)
