@@ -61,7 +61,9 @@ def test_import_direction(path: Path) -> None:
         if top == "labeldistill":
             internal = name[len("labeldistill.") :] if "." in name else ""
             if allowed is not None and internal:
-                assert _allowed(internal, allowed), f"{path.relative_to(SRC)} ({layer}) imports {name}"
+                assert _allowed(internal, allowed), (
+                    f"{path.relative_to(SRC)} ({layer}) imports {name}"
+                )
         else:
             assert top not in THIRD_PARTY_FORBIDDEN.get(layer, set()), (
                 f"{path.relative_to(SRC)} ({layer}) imports {name}"

@@ -188,8 +188,18 @@ class LidarTeacherConfig:
     in_channels: int = 5
     base_channels: int = 16
     encoder_out_channels: int = 128
-    encoder_channels: tuple[tuple[int, ...], ...] = ((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128))
-    encoder_paddings: tuple[tuple[Any, ...], ...] = ((0, 0, 1), (0, 0, 1), (0, 0, (0, 1, 1)), (0, 0))
+    encoder_channels: tuple[tuple[int, ...], ...] = (
+        (16, 16, 32),
+        (32, 32, 64),
+        (64, 64, 128),
+        (128, 128),
+    )
+    encoder_paddings: tuple[tuple[Any, ...], ...] = (
+        (0, 0, 1),
+        (0, 0, 1),
+        (0, 0, (0, 1, 1)),
+        (0, 0),
+    )
     second_out_channels: tuple[int, ...] = (128, 256)
     second_layer_nums: tuple[int, ...] = (5, 5)
     second_strides: tuple[int, ...] = (1, 2)
@@ -197,9 +207,7 @@ class LidarTeacherConfig:
     neck_upsample_strides: tuple[int, ...] = (1, 2)
     sparse_backend: Literal["auto", "torch", "spconv"] = "auto"
     head: HeadConfig = field(
-        default_factory=lambda: HeadConfig(
-            init_bias=-2.19, code_weights=(1.0,) * 8 + (0.5, 0.5)
-        )
+        default_factory=lambda: HeadConfig(init_bias=-2.19, code_weights=(1.0,) * 8 + (0.5, 0.5))
     )
 
 
@@ -290,7 +298,9 @@ def shipped_configs() -> list[str]:
     """Names of the configs shipped with the package (without ``.yaml``; bases excluded)."""
     root = resources.files("labeldistill") / "configs"
     return sorted(
-        p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_")
+        p.name[:-5]
+        for p in root.iterdir()
+        if p.name.endswith(".yaml") and not p.name.startswith("_")
     )
 
 
@@ -426,7 +436,8 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
     if unknown:
         where = f"{path}." if path else ""
         raise ConfigError(
-            f"unknown config key '{where}{unknown[0]}' (valid keys here: {', '.join(sorted(names))})"
+            f"unknown config key '{where}{unknown[0]}' "
+            f"(valid keys here: {', '.join(sorted(names))})"
         )
     kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
     return cls(**kwargs)

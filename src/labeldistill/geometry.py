@@ -73,7 +73,7 @@ def transform(rotation: Sequence[float] | np.ndarray, translation: Sequence[floa
 
 
 def pose_matrix(record: dict) -> np.ndarray:
-    """4x4 matrix of a nuScenes ``ego_pose`` or ``calibrated_sensor`` record (rotation, translation).
+    """4x4 matrix of a nuScenes ``ego_pose`` or ``calibrated_sensor`` record.
 
     For an ego pose this is ``global_from_ego``; for a calibrated sensor ``ego_from_sensor``.
     """
