@@ -1,0 +1,161 @@
+"""ONNX export of the camera student (issue 6): exportable ops equal the originals, the
+onnxruntime student equals the PyTorch student on a synthetic sample, predict --onnx."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import deform_conv2d
+
+from labeldistill.config import load_config
+from labeldistill.errors import UserError
+from labeldistill.models import build
+from labeldistill.ops.voxel_pool import VoxelGrid, voxel_pool_reference
+from labeldistill.training.onnx_export import (
+    BRANCHES,
+    OPSET,
+    OnnxStudent,
+    check_standard_ops,
+    deform_conv2d_plain,
+    export_onnx,
+    inverse_4x4,
+    voxel_pool_index_put,
+)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_plain_deform_conv_equals_torchvision(groups: int) -> None:
+    g = torch.Generator().manual_seed(groups)
+    x = torch.randn(2, 8, 7, 11, generator=g)
+    # offsets up to +-4 px: many taps sample partly or wholly outside the image
+    offset = (torch.rand(2, 18, 7, 11, generator=g) - 0.5) * 8
+    weight = torch.randn(12, 8 // groups, 3, 3, generator=g) * 0.3
+    ref = deform_conv2d(x, offset, weight, padding=(1, 1))
+    ours = deform_conv2d_plain(x, offset, weight, padding=1, groups=groups)
+    assert ours.shape == ref.shape == (2, 12, 7, 11)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    # zero offsets: a plain grouped convolution
+    zero = torch.zeros_like(offset)
+    conv = torch.nn.functional.conv2d(x, weight, padding=1, groups=groups)
+    assert torch.allclose(deform_conv2d_plain(x, zero, weight, 1, groups), conv, atol=1e-5)
+
+
+def test_inverse_4x4_matches_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = (
+        torch.randn(6, 4, 4, generator=g, dtype=torch.float64) * 3
+        + torch.eye(4, dtype=torch.float64) * 5
+    )
+    k = torch.eye(4, dtype=torch.float64)
+    k[0, 0], k[1, 1], k[0, 2], k[1, 2] = 1266.4, 1266.4, 816.3, 491.5
+    both = torch.cat([m, k[None]])
+    assert torch.allclose(inverse_4x4(both), torch.inverse(both), atol=1e-10, rtol=1e-9)
+    assert torch.allclose(
+        inverse_4x4(both) @ both, torch.eye(4, dtype=torch.float64).expand(7, 4, 4), atol=1e-9
+    )
+
+
+def test_index_put_pooling_equals_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    grid = VoxelGrid(lower=(-4.0, -4.0, -1.0), cell=(1.0, 1.0, 2.0), size=(8, 8, 1))
+    geom = torch.rand(2, 3, 5, 4, 6, 3, generator=g) * 12 - 6  # many points outside the grid
+    depth = torch.rand(2, 3, 5, 4, 6, generator=g)
+    ctx = torch.randn(2, 3, 7, 4, 6, generator=g)
+    ref = voxel_pool_reference(geom, depth, ctx, grid)
+    ours = voxel_pool_index_put(geom, depth, ctx, grid)
+    assert ours.shape == (2, 7, 8, 8)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert ref.abs().sum() > 0
+
+
+TINY_DCN = [
+    "student.depth_net.use_dcn=true",  # exercise the deformable conv and ASPP in the export
+    "student.depth_net.use_aspp=true",
+    "student.depth_net.mid_channels=32",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    from labeldistill.data.dataset import build_dataset, collate
+
+    cfg = load_config(
+        "bevdepth_tiny", [f"data.dataroot={synthetic_root}", *TINY_DCN, "data.num_workers=0"]
+    )
+    student = build.build_student(cfg).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # non-trivial BN statistics and DCN offsets
+        for name, buf in student.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.05)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) * 0.5 + 0.75)
+        off = student.backbone.depth_net.depth_conv[4].conv_offset
+        off.weight.copy_(torch.randn(off.weight.shape, generator=g) * 0.01)
+        off.bias.copy_(torch.randn(off.bias.shape, generator=g) * 0.5)
+    ds = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    batch = collate([ds[1]])
+    inputs = (batch.imgs, batch.ego_from_camera, batch.intrinsics, batch.ida, batch.bda)
+    path = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    export_onnx(student, path, inputs)
+    return cfg, student, inputs, path
+
+
+def test_onnx_student_equals_pytorch(exported) -> None:
+    cfg, student, inputs, path = exported
+    ops = check_standard_ops(path)
+    assert {"GridSample", "ScatterND"} <= ops
+    import onnx
+
+    model = onnx.load(str(path))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= OPSET
+    runner = OnnxStudent(path, threads=1)
+    assert runner.inputs["imgs"] == tuple(inputs[0].shape)
+    got = runner.run(*inputs)
+    with torch.no_grad():
+        ref = student(*inputs).head
+    assert len(got.tasks) == len(ref.tasks) == 6
+    for t_got, t_ref in zip(got.tasks, ref.tasks):
+        for name in BRANCHES:
+            a, b = getattr(t_got, name), getattr(t_ref, name)
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, atol=1e-4, rtol=0), (name, (a - b).abs().max())
+    # the same detections after our decoding
+    d_got, d_ref = student.head.decode(got), student.head.decode(ref)
+    assert d_got[0].boxes.shape == d_ref[0].boxes.shape
+    assert torch.allclose(d_got[0].scores, d_ref[0].scores, atol=1e-4)
+    # a wrongly shaped input is refused with one line
+    with pytest.raises(UserError, match="imgs"):
+        runner.run(inputs[0][:, :, :3], *inputs[1:])
+
+
+@pytest.mark.slow  # onnxruntime on every sample of the split (~2 s each on a shared CPU)
+def test_predict_onnx_cli(exported, synthetic_root: Path, tmp_path: Path) -> None:
+    from labeldistill.cli import main
+    from labeldistill.data.infos import info_path, load_infos
+
+    cfg, student, inputs, path = exported
+    out = tmp_path / "results.json"
+    args = ["predict", "bevdepth_tiny", "--onnx", str(path), "--out", str(out)]
+    for o in [f"data.dataroot={synthetic_root}", *TINY_DCN]:
+        args += ["--set", o]
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    tokens = [i["sample_token"] for i in load_infos(info_path(synthetic_root, cfg.data.val_split))]
+    assert sorted(results["results"]) == sorted(tokens)
+    # sample 1 is the exported sample: same number of boxes as the PyTorch decode of it
+    with torch.no_grad():
+        dets = student.decode(student(*inputs))
+    # (float-level differences may swap near-tied boxes in top-k / NMS of a random network,
+    # so boxes are matched by score: nearly all must have a PyTorch twin)
+    scores = np.array([r["detection_score"] for r in results["results"][tokens[1]]])
+    ref = dets[0].scores.numpy()
+    assert abs(len(scores) - len(ref)) <= 2
+    matched = np.abs(scores[:, None] - ref[None, :]).min(axis=1) < 1e-4
+    assert matched.mean() > 0.95
+    top = np.sort(scores)[-10:]
+    assert np.allclose(top, np.sort(ref)[-10:], atol=1e-4)
