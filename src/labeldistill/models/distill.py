@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labeldistill.models.common import BasicBlock
-from labeldistill.models.losses import clip_sigmoid, gather_feat, gaussian_focal_loss
+from labeldistill.models.losses import (
+    clip_sigmoid,
+    gather_feat,
+    gaussian_focal_loss,
+    reduce_mean,
+    weighted_l1,
+)
 from labeldistill.structures import HeadOutput, Targets
 
 
@@ -82,7 +88,10 @@ def heatmap_weights(targets: Targets, binary: bool) -> tuple[Tensor, Tensor]:
 
 
 def weighted_feature_loss(teacher: Tensor, student: Tensor, weight: Tensor) -> Tensor:
-    """sum_{b,h,w} W * sum_c (T - A)^2 / max(1, sum W).  teacher/student [B, C, H, W], W [B,1,H,W]."""
+    """sum_{b,h,w} W * sum_c (T - A)^2 / max(1, sum W).
+
+    teacher, student: [B, C, H, W]; weight: [B, 1, H, W].
+    """
     sq = ((teacher - student) ** 2).sum(dim=1, keepdim=True)
     return (sq * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -95,14 +104,6 @@ def feature_distill_loss(
     return weighted_feature_loss(teacher_feats[0].detach(), adapted[0], w0) + (
         weighted_feature_loss(teacher_feats[1].detach(), adapted[1], w1)
     )
-
-
-def _mean_over_processes(x: Tensor) -> Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        x = x / torch.distributed.get_world_size()
-    return x
 
 
 def response_distill_loss(
@@ -125,12 +126,12 @@ def response_distill_loss(
         gt = targets.heatmaps[t]
         p = clip_sigmoid(s_out.heatmap.float())
         q = clip_sigmoid(t_out.heatmap.float()).detach()
-        num_pos = _mean_over_processes(gt.eq(1).float().sum()).clamp(min=1.0)
+        num_pos = reduce_mean(gt.eq(1).float().sum()).clamp(min=1.0)
         total = total + gaussian_focal_loss(p, q * gt) / num_pos
         inds, mask = targets.inds[t], targets.masks[t].float()
         s_code = gather_feat(s_out.box_code().float(), inds)  # [B, K, 10]
         t_code = gather_feat(t_out.box_code().float(), inds).detach()
-        num_box = _mean_over_processes(mask.sum()).clamp(min=1e-4)
-        l1 = ((s_code - t_code).abs() * cw * mask.unsqueeze(-1)).sum()
+        num_box = reduce_mean(mask.sum()).clamp(min=1e-4)
+        l1 = weighted_l1(s_code, t_code, cw * mask.unsqueeze(-1))
         total = total + bbox_weight * l1 / (num_box + eps)
     return total

@@ -1,0 +1,348 @@
+"""``labeldistill pipeline``: every LabelDistill stage in order, the baseline with the same
+budget, the official metric of each, one table (METHOD.md 9.1).
+
+Stages (each a config; the teachers' checkpoints are handed to the later stages):
+
+1. ``lidar_teacher``  - CenterPoint on LiDAR (stage 1);
+2. ``label_encoder``  - the label encoder decoded by the frozen teacher (stage 2); its
+   evaluation decodes the GT of the val split: an upper bound, not a detector;
+3. ``baseline``       - BEVDepth with the student's architecture and budget, no distillation;
+4. ``labeldistill``   - the distilled student (stage 3), and optional ablations
+   (``lidar_only``, ``label_only``, ``no_partition``).
+
+A budget names the configs and the training length of every stage. A stage whose run
+directory already holds ``checkpoints/last.ckpt`` and whose evaluation already holds
+``metrics.json`` is not run again (so an interrupted pipeline or a benchmark with several
+variants reuses the teachers); ``fresh=True`` retrains everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labeldistill.config import ExperimentConfig, load_config
+from labeldistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Table rows in order: key -> printed name.
+ROW_NAMES: dict[str, str] = {
+    "lidar_teacher": "LiDAR teacher (CenterPoint)",
+    "label_encoder": "label-encoder decode (upper bound)",
+    "baseline": "baseline BEVDepth",
+    "lidar_only": "LiDAR teacher only",
+    "label_only": "label teacher only",
+    "no_partition": "no partitioning",
+    "labeldistill": "LabelDistill",
+}
+VARIANTS = ("labeldistill", "lidar_only", "label_only", "no_partition")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a budget: its config name and overrides (training length etc.)."""
+
+    config: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Configs and training lengths of every stage (see :data:`BUDGETS`)."""
+
+    name: str
+    stages: Mapping[str, StagePlan]
+    description: str = ""
+
+
+def _short(steps: int, ema_decay: float, *extra: str) -> tuple[str, ...]:
+    """Overrides of a short CPU run: ``steps`` optimiser steps, no lr step inside the run, an
+    EMA whose horizon (1 / (1 - decay) steps) is short against the run."""
+    return (
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=1000",
+        "optim.milestones=[1000]",
+        f"trainer.ema_decay={ema_decay}",
+        *extra,
+    )
+
+
+#: The LiDAR input of the CPU budgets: the key scan only (no sweeps). The torch sparse-conv
+#: backend dominates the cost of a teacher step on CPU and scales with the number of voxels;
+#: the teacher and every stage that runs it read the same input.
+_CPU_LIDAR = ("data.lidar_sweeps=0",)
+
+#: ``tiny``: the `make demo` budget on the synthetic set (80 training samples, batch 2):
+#: teacher 40 steps, label encoder 60, baseline and every LabelDistill variant 80 steps each.
+#: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py): 4x longer.
+#: ``paper``: the paper configs unchanged (GPU-sized).
+BUDGETS: dict[str, Budget] = {
+    "tiny": Budget(
+        "tiny",
+        {
+            "lidar_teacher": StagePlan("centerpoint_tiny", _short(40, 0.9, *_CPU_LIDAR)),
+            "label_encoder": StagePlan("labeldistill_step1_tiny", _short(60, 0.9)),
+            "baseline": StagePlan("bevdepth_tiny", _short(80, 0.9)),
+            "labeldistill": StagePlan("labeldistill_tiny", _short(80, 0.9, *_CPU_LIDAR)),
+            "lidar_only": StagePlan("labeldistill_tiny_lidar_only", _short(80, 0.9, *_CPU_LIDAR)),
+            "label_only": StagePlan("labeldistill_tiny_label_only", _short(80, 0.9)),
+            "no_partition": StagePlan(
+                "labeldistill_tiny_no_partition", _short(80, 0.9, *_CPU_LIDAR)
+            ),
+        },
+        "CPU demo: teacher 40 steps, label encoder 60, students 80 (synthetic v1.0-mini)",
+    ),
+    "bench": Budget(
+        "bench",
+        {
+            "lidar_teacher": StagePlan("centerpoint_tiny", _short(160, 0.97, *_CPU_LIDAR)),
+            "label_encoder": StagePlan("labeldistill_step1_tiny", _short(240, 0.97)),
+            "baseline": StagePlan("bevdepth_tiny", _short(320, 0.97)),
+            "labeldistill": StagePlan("labeldistill_tiny", _short(320, 0.97, *_CPU_LIDAR)),
+            "lidar_only": StagePlan("labeldistill_tiny_lidar_only", _short(320, 0.97, *_CPU_LIDAR)),
+            "label_only": StagePlan("labeldistill_tiny_label_only", _short(320, 0.97)),
+            "no_partition": StagePlan(
+                "labeldistill_tiny_no_partition", _short(320, 0.97, *_CPU_LIDAR)
+            ),
+        },
+        "accuracy benchmark: teacher 160 steps, label encoder 240, students 320",
+    ),
+    "paper": Budget(
+        "paper",
+        {
+            "lidar_teacher": StagePlan("centerpoint_vox01_128x128_20e_10sweeps"),
+            "label_encoder": StagePlan("labeldistill_step1"),
+            "baseline": StagePlan("bevdepth_r50_256x704_128x128_e24_2key"),
+            "labeldistill": StagePlan("labeldistill_r50_128x128_e24_2key"),
+            "lidar_only": StagePlan("labeldistill_r50_128x128_e24_2key_lidar_only"),
+            "label_only": StagePlan("labeldistill_r50_128x128_e24_2key_label_only"),
+            "no_partition": StagePlan("labeldistill_r50_128x128_e24_2key_no_partition"),
+        },
+        "the paper configs (2key), full length",
+    ),
+}
+
+
+@dataclass
+class StageResult:
+    """One row: the stage key, its config name, checkpoint and official metrics."""
+
+    key: str
+    config: str
+    ckpt: Path
+    metrics: dict[str, Any]
+
+
+@dataclass
+class PipelineResult:
+    """Every evaluated stage in run order, and where the runs live."""
+
+    out_dir: Path
+    rows: list[StageResult] = field(default_factory=list)
+
+    def by_key(self) -> dict[str, StageResult]:
+        return {r.key: r for r in self.rows}
+
+
+def stage_config(
+    budget: Budget,
+    key: str,
+    dataroot: str | Path | None,
+    runs_dir: Path,
+    seed: int,
+    teacher_ckpts: Mapping[str, Path],
+    extra: Sequence[str] = (),
+) -> ExperimentConfig:
+    """The config of stage ``key`` in ``budget``: data root, output dir, seed, the budget's
+    overrides, the teacher checkpoints of earlier stages, then ``extra``."""
+    if key not in budget.stages:
+        raise ConfigError(f"budget {budget.name} has no stage '{key}' ({', '.join(budget.stages)})")
+    plan = budget.stages[key]
+    overrides = [f"trainer.output_dir={runs_dir}", f"trainer.seed={seed}"]
+    if dataroot is not None:
+        overrides.append(f"data.dataroot={dataroot}")
+    overrides.extend(plan.overrides)
+    for name, path in teacher_ckpts.items():
+        overrides.append(f"distill.{name}={path}")
+    overrides.extend(extra)
+    return load_config(plan.config, overrides)
+
+
+def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, dict[str, Any]]:
+    """Train (unless a finished run exists) and evaluate ``cfg`` -> (checkpoint, metrics)."""
+    from labeldistill.training.checkpoints import last_checkpoint, run_dir
+    from labeldistill.training.run import evaluate, train
+
+    ckpt = last_checkpoint(cfg)
+    eval_dir = run_dir(cfg) / "eval" / "last"
+    metrics_file = eval_dir / "metrics.json"
+    if fresh or not ckpt.is_file():
+        log.info("pipeline: training %s (%s)", cfg.name, cfg.stage)
+        ckpt = train(cfg).last_ckpt
+        if metrics_file.is_file():
+            metrics_file.unlink()
+    else:
+        log.info("pipeline: reusing %s", ckpt)
+    if metrics_file.is_file():
+        return ckpt, json.loads(metrics_file.read_text())
+    return ckpt, evaluate(cfg, ckpt, eval_dir)
+
+
+def run_pipeline(
+    dataroot: str | Path | None,
+    out_dir: str | Path,
+    budget: str = "tiny",
+    seed: int = 0,
+    variants: Sequence[str] = ("labeldistill",),
+    baseline: bool = True,
+    fresh: bool = False,
+    extra: Sequence[str] = (),
+    teacher_dir: str | Path | None = None,
+    teacher_seed: int | None = None,
+) -> PipelineResult:
+    """Run stage 1, stage 2, the baseline and the LabelDistill ``variants`` of ``budget``.
+
+    Runs go to ``<out_dir>/runs`` (one directory per config name); ``dataroot`` None keeps the
+    configs' own. ``extra`` overrides apply to every stage (e.g. ``data.num_workers=0``).
+    ``teacher_dir`` / ``teacher_seed``: where and with which seed the two teacher stages run
+    (default: ``out_dir`` and ``seed``); several pipelines can share one pair of teachers.
+    """
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget '{budget}': use one of {', '.join(BUDGETS)}")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown variant '{bad[0]}': use some of {', '.join(VARIANTS)}")
+    plan = BUDGETS[budget]
+    out = Path(out_dir)
+    runs = out / "runs"
+    result = PipelineResult(out_dir=out)
+
+    t_runs = Path(teacher_dir) / "runs" if teacher_dir is not None else runs
+    t_seed = seed if teacher_seed is None else teacher_seed
+
+    def stage(key: str, ckpts: Mapping[str, Path]) -> StageResult:
+        teacher = key in ("lidar_teacher", "label_encoder")
+        cfg = stage_config(
+            plan,
+            key,
+            dataroot,
+            t_runs if teacher else runs,
+            t_seed if teacher else seed,
+            ckpts,
+            extra,
+        )
+        ckpt, metrics = _run_stage(cfg, fresh)
+        row = StageResult(key, cfg.name, ckpt, metrics)
+        result.rows.append(row)
+        log.info("pipeline: %s mAP %.4f NDS %.4f", key, metrics["mAP"], metrics["NDS"])
+        return row
+
+    lidar = stage("lidar_teacher", {})
+    label = stage("label_encoder", {"lidar_ckpt": lidar.ckpt})
+    if baseline:
+        stage("baseline", {})
+    for v in variants:
+        cfg_v = stage_config(plan, v, dataroot, runs, seed, {}, extra)
+        ckpts: dict[str, Path] = {}
+        if cfg_v.distill.use_lidar_teacher:
+            ckpts["lidar_ckpt"] = lidar.ckpt
+        if cfg_v.distill.use_label_teacher:
+            ckpts["label_ckpt"] = label.ckpt
+        stage(v, ckpts)
+    return result
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.4f}"
+
+
+METRIC_COLUMNS = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
+
+
+def format_table(rows: Sequence[StageResult]) -> str:
+    """A markdown table: mAP, NDS, the five TP errors and mAP by distance band per row."""
+    bands: list[str] = []
+    for r in rows:
+        for b in r.metrics.get("ap_by_distance") or {}:
+            if b not in bands:
+                bands.append(b)
+    head = ["model", *METRIC_COLUMNS, *(f"mAP {b} m" for b in bands)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {k: i for i, k in enumerate(ROW_NAMES)}
+    for r in sorted(rows, key=lambda r: order.get(r.key, len(order))):
+        m = r.metrics
+        by_band = m.get("ap_by_distance") or {}
+        cells = [ROW_NAMES.get(r.key, r.key)]
+        cells += [_fmt(m.get(c)) for c in METRIC_COLUMNS]
+        cells += [_fmt(by_band.get(b)) for b in bands]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class DemoResult:
+    """What the demo wrote: the dataset, the GT sanity metrics, the pipeline rows and the
+    prediction pictures."""
+
+    dataroot: Path
+    gt_metrics: dict[str, Any]
+    pipeline: PipelineResult
+    pictures: list[Path]
+
+
+DEMO_VERSION = "v1.0-mini"
+DEMO_SPLIT = "mini_val"
+
+
+def run_demo(
+    out_dir: str | Path,
+    samples_per_scene: int = 10,
+    budget: str = "tiny",
+    seed: int = 0,
+    workers: int | None = None,
+    fresh: bool = False,
+) -> DemoResult:
+    """The whole tiny demo: synthetic set -> prepare -> GT pictures and GT-as-predictions
+    evaluation (mAP ~ 1 sanity check) -> :func:`run_pipeline` -> pictures of LabelDistill's
+    predictions. Everything lives below ``out_dir``; an existing dataset is reused."""
+    from labeldistill.data.infos import info_path
+    from labeldistill.data.prepare import prepare
+    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.evaluation.nuscenes_eval import evaluate_json, gt_as_results, write_results
+    from labeldistill.evaluation.visualize import visualize
+
+    out = Path(out_dir)
+    data = out / "data"
+    if not info_path(data, DEMO_SPLIT).is_file():
+        cfg = SynthConfig(
+            seed=seed, samples_per_scene=samples_per_scene, image_width=352, image_height=198
+        )
+        generate(data, cfg, workers=workers, overwrite=True)
+        prepare(data, DEMO_VERSION, workers=workers)
+    visualize(data, DEMO_VERSION, DEMO_SPLIT, out / "pictures" / "gt", num=2)
+    gt_dir = out / "eval_gt_as_results"
+    gt_file = write_results(
+        gt_dir / "results_gt.json", gt_as_results(data, DEMO_VERSION, DEMO_SPLIT)
+    )
+    gt_metrics = evaluate_json(data, DEMO_VERSION, DEMO_SPLIT, gt_file, gt_dir)
+    result = run_pipeline(data, out, budget=budget, seed=seed, fresh=fresh)
+    rows = result.by_key()
+    pictures: list[Path] = []
+    ld = rows.get("labeldistill")
+    if ld is not None:
+        results_json = ld.ckpt.parent.parent / "eval" / "last" / "results_nusc.json"
+        if results_json.is_file():
+            pictures = visualize(
+                data,
+                DEMO_VERSION,
+                DEMO_SPLIT,
+                out / "pictures" / "labeldistill",
+                results_path=results_json,
+                num=2,
+            )
+    return DemoResult(data, gt_metrics, result, pictures)

@@ -1,0 +1,147 @@
+"""``labeldistill pipeline`` orchestration (training/pipeline.py) with training and evaluation
+replaced by recorders: stage order, configs and overrides of a budget, teacher checkpoints
+handed to the later stages, reuse of finished stages, the table; CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labeldistill.cli import main as cli_main
+from labeldistill.errors import ConfigError
+from labeldistill.training import pipeline
+from labeldistill.training.pipeline import BUDGETS, StageResult, format_table, run_pipeline
+
+
+@pytest.fixture()
+def fake_runs(monkeypatch: pytest.MonkeyPatch):
+    """Replace train / evaluate: record the configs, write a last.ckpt, return metrics whose
+    mAP encodes the call order."""
+    from labeldistill.training import run
+    from labeldistill.training.checkpoints import last_checkpoint
+
+    calls: list = []
+
+    def fake_train(cfg, resume=None):
+        calls.append(("train", cfg))
+        ckpt = last_checkpoint(cfg)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text("weights")
+        return run.TrainResult(ckpt.parent.parent, ckpt, None)
+
+    def fake_evaluate(cfg, ckpt, out_dir=None):
+        calls.append(("eval", cfg))
+        metrics = {
+            "mAP": 0.1 * len(calls),
+            "NDS": 0.5,
+            "mATE": 0.3,
+            "mASE": 0.2,
+            "mAOE": 0.4,
+            "mAVE": 1.0,
+            "mAAE": 0.6,
+            "ap_by_distance": {"0-20": 0.25, "20-30": None, ">30": 0.125},
+        }
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(run, "train", fake_train)
+    monkeypatch.setattr(run, "evaluate", fake_evaluate)
+    return calls
+
+
+def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> None:
+    result = run_pipeline(
+        "/data/root", tmp_path, budget="tiny", seed=3, variants=("labeldistill", "label_only")
+    )
+    keys = [r.key for r in result.rows]
+    assert keys == ["lidar_teacher", "label_encoder", "baseline", "labeldistill", "label_only"]
+    trained = [cfg for what, cfg in fake_runs if what == "train"]
+    names = [c.name for c in trained]
+    assert names == [
+        "centerpoint_tiny",
+        "labeldistill_step1_tiny",
+        "bevdepth_tiny",
+        "labeldistill_tiny",
+        "labeldistill_tiny_label_only",
+    ]
+    runs = tmp_path / "runs"
+    teacher_ckpt = runs / "centerpoint_tiny" / "checkpoints" / "last.ckpt"
+    label_ckpt = runs / "labeldistill_step1_tiny" / "checkpoints" / "last.ckpt"
+    by_name = {c.name: c for c in trained}
+    assert by_name["labeldistill_step1_tiny"].distill.lidar_ckpt == str(teacher_ckpt)
+    ld = by_name["labeldistill_tiny"]
+    assert (ld.distill.lidar_ckpt, ld.distill.label_ckpt) == (str(teacher_ckpt), str(label_ckpt))
+    # the label-only ablation is not handed the LiDAR file (its config default stays)
+    assert by_name["labeldistill_tiny_label_only"].distill.label_ckpt == str(label_ckpt)
+    for c in trained:
+        assert c.data.dataroot == "/data/root" and c.trainer.seed == 3
+        assert c.trainer.output_dir == str(runs)
+    # the budget: steps per stage, the same LiDAR input for teacher and distillation
+    steps = {c.name: c.trainer.max_steps for c in trained}
+    assert steps == {
+        "centerpoint_tiny": 40,
+        "labeldistill_step1_tiny": 60,
+        "bevdepth_tiny": 80,
+        "labeldistill_tiny": 80,
+        "labeldistill_tiny_label_only": 80,
+    }
+    assert by_name["centerpoint_tiny"].data.lidar_sweeps == ld.data.lidar_sweeps == 0
+    assert by_name["bevdepth_tiny"].trainer.ema_decay == ld.trainer.ema_decay == 0.9
+    # baseline and student share the budget
+    assert by_name["bevdepth_tiny"].student == ld.student
+    assert result.by_key()["labeldistill"].metrics["mAP"] == pytest.approx(0.8)
+
+
+def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_path) -> None:
+    run_pipeline(None, tmp_path / "a", variants=(), baseline=False)
+    assert len(fake_runs) == 4  # two trainings, two evaluations
+    again = run_pipeline(None, tmp_path / "a", variants=(), baseline=False)
+    assert len(fake_runs) == 4 and [r.metrics["mAP"] for r in again.rows] == pytest.approx(
+        [0.2, 0.4]
+    )
+    # another seed's students with the teachers of the first run: only the baseline trains
+    run_pipeline(
+        None, tmp_path / "b", seed=1, variants=(), teacher_dir=tmp_path / "a", teacher_seed=0
+    )
+    assert [c.name for what, c in fake_runs[4:] if what == "train"] == ["bevdepth_tiny"]
+    # --fresh retrains
+    run_pipeline(None, tmp_path / "a", variants=(), baseline=False, fresh=True)
+    assert sum(1 for what, _ in fake_runs if what == "train") == 5
+
+
+def test_bad_budget_and_variant(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown budget 'huge'"):
+        run_pipeline(None, tmp_path, budget="huge")
+    with pytest.raises(ConfigError, match="unknown variant 'both'"):
+        run_pipeline(None, tmp_path, variants=("both",))
+    assert set(BUDGETS) == {"tiny", "bench", "paper"}
+    assert BUDGETS["paper"].stages["labeldistill"].overrides == ()
+
+
+def test_cli_pipeline_reports_a_bad_budget(capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["pipeline", "--budget", "huge", "--out", "/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown budget 'huge'") and "\n" not in err
+
+
+def test_table_rows_columns_and_bands() -> None:
+    def row(key: str, m: float) -> StageResult:
+        metrics = {c: m for c in pipeline.METRIC_COLUMNS}
+        metrics["ap_by_distance"] = {"0-20": m / 2, "20-30": None, ">30": 0.0}
+        return StageResult(key, key, Path("x"), metrics)
+
+    text = format_table([row("labeldistill", 0.5), row("baseline", 0.25), row("lidar_teacher", 1)])
+    lines = text.splitlines()
+    assert lines[0] == (
+        "| model | mAP | NDS | mATE | mASE | mAOE | mAVE | mAAE | mAP 0-20 m | mAP 20-30 m "
+        "| mAP >30 m |"
+    )
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == [
+        "| LiDAR teacher (CenterPoint)",
+        "| baseline BEVDepth",
+        "| LabelDistill",
+    ]
+    assert lines[-1].endswith("| 0.5000 | 0.2500 | - | 0.0000 |")
