@@ -15,19 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Detection classes in index order (METHOD.md section 2; same as ``structures.CLASSES``).
-DETECTION_CLASSES: tuple[str, ...] = (
-    "car",
-    "truck",
-    "construction_vehicle",
-    "bus",
-    "trailer",
-    "barrier",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "traffic_cone",
-)
+from labeldistill.structures import CLASSES
+
+#: Detection classes in index order (METHOD.md section 2).
+DETECTION_CLASSES: tuple[str, ...] = CLASSES
 
 #: Mean nuScenes sizes (w, l, h) in metres per detection class (rounded dataset averages).
 MEAN_SIZE: dict[str, tuple[float, float, float]] = {

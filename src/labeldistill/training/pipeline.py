@@ -77,39 +77,42 @@ def _short(steps: int, ema_decay: float, *extra: str) -> tuple[str, ...]:
 #: the teacher and every stage that runs it read the same input.
 _CPU_LIDAR = ("data.lidar_sweeps=0",)
 
+
+def _cpu_budget(
+    name: str, teacher: int, label: int, student: int, decay: float, description: str
+) -> Budget:
+    """A budget of the tiny configs on the synthetic set: steps per stage and the EMA decay."""
+    lidar = _CPU_LIDAR
+    students = {
+        "baseline": ("bevdepth_tiny", ()),
+        "labeldistill": ("labeldistill_tiny", lidar),
+        "lidar_only": ("labeldistill_tiny_lidar_only", lidar),
+        "label_only": ("labeldistill_tiny_label_only", ()),
+        "no_partition": ("labeldistill_tiny_no_partition", lidar),
+    }
+    plans = {
+        "lidar_teacher": StagePlan("centerpoint_tiny", _short(teacher, decay, *lidar)),
+        "label_encoder": StagePlan("labeldistill_step1_tiny", _short(label, decay)),
+    }
+    for key, (config, extra) in students.items():
+        plans[key] = StagePlan(config, _short(student, decay, *extra))
+    return Budget(name, plans, description + " (synthetic v1.0-mini)")
+
+
 #: ``tiny``: the `make demo` budget on the synthetic set (80 training samples, batch 2):
 #: teacher 40 steps, label encoder 60, baseline and every LabelDistill variant 80 steps each.
 #: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py): 4x longer.
 #: ``paper``: the paper configs unchanged (GPU-sized).
 BUDGETS: dict[str, Budget] = {
-    "tiny": Budget(
-        "tiny",
-        {
-            "lidar_teacher": StagePlan("centerpoint_tiny", _short(40, 0.9, *_CPU_LIDAR)),
-            "label_encoder": StagePlan("labeldistill_step1_tiny", _short(60, 0.9)),
-            "baseline": StagePlan("bevdepth_tiny", _short(80, 0.9)),
-            "labeldistill": StagePlan("labeldistill_tiny", _short(80, 0.9, *_CPU_LIDAR)),
-            "lidar_only": StagePlan("labeldistill_tiny_lidar_only", _short(80, 0.9, *_CPU_LIDAR)),
-            "label_only": StagePlan("labeldistill_tiny_label_only", _short(80, 0.9)),
-            "no_partition": StagePlan(
-                "labeldistill_tiny_no_partition", _short(80, 0.9, *_CPU_LIDAR)
-            ),
-        },
-        "CPU demo: teacher 40 steps, label encoder 60, students 80 (synthetic v1.0-mini)",
+    "tiny": _cpu_budget(
+        "tiny", 40, 60, 80, 0.9, "CPU demo: teacher 40 steps, label encoder 60, students 80"
     ),
-    "bench": Budget(
+    "bench": _cpu_budget(
         "bench",
-        {
-            "lidar_teacher": StagePlan("centerpoint_tiny", _short(160, 0.97, *_CPU_LIDAR)),
-            "label_encoder": StagePlan("labeldistill_step1_tiny", _short(240, 0.97)),
-            "baseline": StagePlan("bevdepth_tiny", _short(320, 0.97)),
-            "labeldistill": StagePlan("labeldistill_tiny", _short(320, 0.97, *_CPU_LIDAR)),
-            "lidar_only": StagePlan("labeldistill_tiny_lidar_only", _short(320, 0.97, *_CPU_LIDAR)),
-            "label_only": StagePlan("labeldistill_tiny_label_only", _short(320, 0.97)),
-            "no_partition": StagePlan(
-                "labeldistill_tiny_no_partition", _short(320, 0.97, *_CPU_LIDAR)
-            ),
-        },
+        160,
+        240,
+        320,
+        0.97,
         "accuracy benchmark: teacher 160 steps, label encoder 240, students 320",
     ),
     "paper": Budget(
