@@ -6,7 +6,6 @@ Heatmaps are ``[Y, X]`` tensors (one class plane); centres are integer cells ``(
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
@@ -21,18 +20,9 @@ def gaussian_radius(det_size: tuple[float, float], min_overlap: float = 0.5) -> 
     ``r2 = (b2 + sqrt(b2^2 - 16 c2)) / 2`` with ``b2 = 2 (h + w)``, ``c2 = (1 - o) w h``;
     ``r3 = (b3 + sqrt(b3^2 - 16 o c3)) / 2`` with ``b3 = -2 o (h + w)``, ``c3 = (o - 1) w h``.
     """
-    h, w = float(det_size[0]), float(det_size[1])
-    o = float(min_overlap)
-    b1 = h + w
-    c1 = w * h * (1 - o) / (1 + o)
-    r1 = (b1 + math.sqrt(b1 * b1 - 4 * c1)) / 2
-    b2 = 2 * (h + w)
-    c2 = (1 - o) * w * h
-    r2 = (b2 + math.sqrt(b2 * b2 - 16 * c2)) / 2
-    b3 = -2 * o * (h + w)
-    c3 = (o - 1) * w * h
-    r3 = (b3 + math.sqrt(b3 * b3 - 16 * o * c3)) / 2
-    return min(r1, r2, r3)
+    h = torch.tensor([float(det_size[0])], dtype=torch.float64)
+    w = torch.tensor([float(det_size[1])], dtype=torch.float64)
+    return float(gaussian_radius_tensor(h, w, min_overlap)[0])
 
 
 def gaussian_radius_tensor(h: Tensor, w: Tensor, min_overlap: float = 0.5) -> Tensor:
