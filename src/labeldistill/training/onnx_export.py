@@ -10,8 +10,13 @@ the same :meth:`CenterHead.decode` gives the boxes). Standard ONNX operators onl
   deformable convolution v1 written with ``grid_sample`` (bilinear, zero outside) and a grouped
   matrix product; it equals torchvision to float precision (tests/training/test_onnx.py);
 * the voxel pooling (sparse CSR product in training) is :func:`voxel_pool_index_put`, an
-  index-based sum (``index_put`` with accumulate = ONNX ``ScatterND`` with reduction add);
-  points outside the grid go to one extra dump cell that is dropped.
+  index-based sum (``index_put`` with accumulate = ONNX ``ScatterElements`` with reduction
+  add); points outside the grid go to one extra dump cell that is dropped. Not ``ScatterND``:
+  onnxruntime (1.31) runs ``ScatterND(reduction='add')`` on several threads without guarding
+  repeated indices, so with ``intra_op_num_threads > 1`` updates to the same cell race and
+  are lost (errors of 10-150 on a 400k-row sum, different at every run);
+  ``ScatterElements(reduction='add')`` is exact at any thread count
+  (tests/training/test_onnx.py::test_pooling_graph_is_thread_safe).
 
 Inputs (names): ``imgs`` [B, F, N, 3, H, W] (normalised as the dataset does), ``ego_from_camera``,
 ``intrinsics``, ``ida`` [B, F, N, 4, 4], ``bda`` [B, 4, 4]. Outputs: ``task{t}.{branch}`` for
@@ -175,8 +180,9 @@ def _groups_of(module: DeformConv2dPack) -> int:
 class _ScatterAddRows(torch.autograd.Function):
     """``base.index_put((index[:, 0],), updates, accumulate=True)``: rows of ``updates`` [P, C]
     summed into ``base`` [R, C] at ``index`` [P, 1] (int64). Exported as one standard ONNX
-    ``ScatterND`` with ``reduction='add'`` (the tracer's own ``index_put`` export drops the
-    accumulation, wrong with repeated indices)."""
+    ``ScatterElements`` (axis 0, ``reduction='add'``) with the index expanded to [P, C]. The
+    tracer's own ``index_put`` export drops the accumulation (wrong with repeated indices) and
+    onnxruntime's ``ScatterND`` add is not thread-safe (module docstring)."""
 
     @staticmethod
     def forward(ctx: Any, base: Tensor, index: Tensor, updates: Tensor) -> Tensor:  # type: ignore[override]
@@ -184,7 +190,8 @@ class _ScatterAddRows(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g: Any, base: Any, index: Any, updates: Any) -> Any:  # noqa: ANN401
-        return g.op("ScatterND", base, index, updates, reduction_s="add")
+        full_index = g.op("Expand", index, g.op("Shape", updates))
+        return g.op("ScatterElements", base, full_index, updates, axis_i=0, reduction_s="add")
 
 
 def voxel_pool_index_put(
@@ -317,7 +324,9 @@ def export_onnx(
     Shapes are fixed to those of ``example`` (batch, frames, cameras, image size).
     """
     if opset < 16:
-        raise UserError(f"ONNX opset {opset} is too old: ScatterND with reduction needs >= 16")
+        raise UserError(
+            f"ONNX opset {opset} is too old: ScatterElements with reduction needs >= 16"
+        )
     wrapper = ExportableStudent(student).eval()
     names = output_names(len(student.head.task_heads))
     out = Path(out)
