@@ -145,3 +145,38 @@ def test_table_rows_columns_and_bands() -> None:
         "| LabelDistill",
     ]
     assert lines[-1].endswith("| 0.5000 | 0.2500 | - | 0.0000 |")
+
+
+def test_demo_writes_pictures_and_scene_gif(
+    fake_runs, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_demo on an existing dataset (training faked; LabelDistill's 'predictions' are the
+    GT): GT sanity mAP 1, two prediction pictures and an animated GIF of the first val scene
+    with one frame per key sample."""
+    from PIL import Image
+
+    from labeldistill.data.infos import info_path, load_infos
+    from labeldistill.evaluation.nuscenes_eval import gt_as_results, write_results
+    from labeldistill.training import run
+
+    record_eval = run.evaluate
+
+    def evaluate_with_results(cfg, ckpt, out_dir=None):  # noqa: ANN001, ANN202
+        metrics = record_eval(cfg, ckpt, out_dir)
+        results = gt_as_results(synthetic_root, "v1.0-mini", "mini_val")
+        write_results(Path(out_dir) / "results_nusc.json", results)
+        return metrics
+
+    monkeypatch.setattr(run, "evaluate", evaluate_with_results)
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "data").symlink_to(synthetic_root, target_is_directory=True)
+    result = pipeline.run_demo(out)
+    assert result.gt_metrics["mAP"] == pytest.approx(1.0)
+    assert [r.key for r in result.pipeline.rows][-1] == "labeldistill"
+    assert len(result.pictures) == 2 and all(p.is_file() for p in result.pictures)
+    infos = load_infos(info_path(synthetic_root, "mini_val"))
+    first = infos[0]["scene_token"]
+    n_frames = sum(1 for i in infos if i["scene_token"] == first)
+    gif = Image.open(result.scene_gif)
+    assert result.scene_gif.parent == out / "pictures" and gif.n_frames == n_frames > 1

@@ -296,6 +296,7 @@ class DemoResult:
     gt_metrics: dict[str, Any]
     pipeline: PipelineResult
     pictures: list[Path]
+    scene_gif: Path | None = None
 
 
 DEMO_VERSION = "v1.0-mini"
@@ -312,11 +313,13 @@ def run_demo(
 ) -> DemoResult:
     """The whole tiny demo: synthetic set -> prepare -> GT pictures and GT-as-predictions
     evaluation (mAP ~ 1 sanity check) -> :func:`run_pipeline` -> pictures of LabelDistill's
-    predictions. Everything lives below ``out_dir``; an existing dataset is reused."""
+    predictions and an animated GIF of the first val scene (six cameras + BEV, predictions and
+    GT over time). Everything lives below ``out_dir``; an existing dataset is reused."""
     from labeldistill.data.infos import info_path
     from labeldistill.data.prepare import prepare
     from labeldistill.data.synthetic import SynthConfig, generate
     from labeldistill.evaluation.nuscenes_eval import evaluate_json, gt_as_results, write_results
+    from labeldistill.evaluation.scene_video import visualize_scene
     from labeldistill.evaluation.visualize import visualize
 
     out = Path(out_dir)
@@ -336,6 +339,7 @@ def run_demo(
     result = run_pipeline(data, out, budget=budget, seed=seed, fresh=fresh)
     rows = result.by_key()
     pictures: list[Path] = []
+    gif: Path | None = None
     ld = rows.get("labeldistill")
     if ld is not None:
         results_json = ld.ckpt.parent.parent / "eval" / "last" / "results_nusc.json"
@@ -348,4 +352,19 @@ def run_demo(
                 results_path=results_json,
                 num=2,
             )
-    return DemoResult(data, gt_metrics, result, pictures)
+            gif = visualize_scene(
+                data,
+                DEMO_VERSION,
+                DEMO_SPLIT,
+                first_scene(data, DEMO_SPLIT),
+                out / "pictures" / "scene_labeldistill.gif",
+                results_path=results_json,
+            )
+    return DemoResult(data, gt_metrics, result, pictures, gif)
+
+
+def first_scene(dataroot: str | Path, split: str) -> str:
+    """Token of the scene of the first key sample of ``split`` (info file order)."""
+    from labeldistill.data.infos import info_path, load_infos
+
+    return str(load_infos(info_path(Path(dataroot), split))[0]["scene_token"])
