@@ -10,8 +10,12 @@ synthetic set is generated with seed 0, 10 samples per scene, 352 x 198 cameras.
 two teacher stages are trained once (seed 0, ``--teacher-seed``) and shared by every student
 seed, so the spread reflects the students' seeds only; ``--teachers-per-seed`` retrains them.
 
-Full run:   .venv/bin/python benchmarks/accuracy.py --out benchmarks/_work/accuracy
+Full run:   .venv/bin/python benchmarks/accuracy.py --out benchmarks/_work/accuracy --jobs 2
 Reduced:    .venv/bin/python benchmarks/accuracy.py --budget tiny --seeds 0 1
+
+``--jobs N``: the shared teachers are trained first (all threads), then the seeds run in N
+parallel processes of ``--threads`` = cores / N intra-op threads each (2 cores: one seed per
+core); the table is assembled from the finished stages.
 Finished stages are reused (delete the output dir or pass --fresh to retrain).
 """
 
@@ -19,9 +23,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import torch
 
 from labeldistill.training.pipeline import (
     ROW_NAMES,
@@ -116,23 +125,53 @@ def main() -> int:
         choices=VARIANTS,
     )
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     data = Path(args.dataroot) if args.dataroot else _ensure_data(out / "data")
     start = time.time()
-    results: dict[int, PipelineResult] = {}
-    for seed in args.seeds:
-        results[seed] = run_pipeline(
+
+    def pipeline_of(seed: int, fresh: bool, **kw: object) -> PipelineResult:
+        return run_pipeline(
             data,
             out / f"seed{seed}",
             budget=args.budget,
             seed=seed,
-            variants=args.variants,
-            fresh=args.fresh,
+            fresh=fresh,
             teacher_dir=None if args.teachers_per_seed else out / "teachers",
             teacher_seed=None if args.teachers_per_seed else args.teacher_seed,
+            **kw,  # type: ignore[arg-type]
         )
+
+    if args.jobs > 1 and len(args.seeds) > 1:
+        if args.fresh:  # the children would retrain the shared teachers concurrently
+            raise SystemExit(f"error: --fresh with --jobs > 1: delete {out} instead")
+        if not args.teachers_per_seed:  # the shared teachers once, with every thread
+            pipeline_of(args.seeds[0], args.fresh, variants=(), baseline=False)
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        pending = list(args.seeds)
+        running: list[subprocess.Popen] = []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                seed = pending.pop(0)
+                cmd = [sys.executable, __file__, "--out", str(out), "--dataroot", str(data)]
+                cmd += ["--budget", args.budget, "--seeds", str(seed), "--threads", str(threads)]
+                cmd += ["--teacher-seed", str(args.teacher_seed), "--variants", *args.variants]
+                cmd += ["--teachers-per-seed"] if args.teachers_per_seed else []
+                log_file = (out / f"seed{seed}.log").open("w")
+                running.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT))
+            time.sleep(5)
+            for proc in [r for r in running if r.poll() is not None]:
+                running.remove(proc)
+                if proc.returncode != 0:
+                    raise SystemExit(f"error: {' '.join(proc.args)} failed (see {out}/seed*.log)")
+    results: dict[int, PipelineResult] = {}
+    for seed in args.seeds:
+        results[seed] = pipeline_of(seed, args.fresh, variants=args.variants)
         text = table(results, args.budget)
         (out / "accuracy.md").write_text(text + "\n")
     text = table(results, args.budget)

@@ -82,16 +82,17 @@ def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> 
     # the budget: steps per stage, the same LiDAR input for teacher and distillation
     steps = {c.name: c.trainer.max_steps for c in trained}
     assert steps == {
-        "centerpoint_tiny": 40,
-        "labeldistill_step1_tiny": 60,
+        "centerpoint_tiny": 100,
+        "labeldistill_step1_tiny": 100,
         "bevdepth_tiny": 80,
         "labeldistill_tiny": 80,
         "labeldistill_tiny_label_only": 80,
     }
     assert by_name["centerpoint_tiny"].data.lidar_sweeps == ld.data.lidar_sweeps == 0
     assert by_name["bevdepth_tiny"].trainer.ema_decay == ld.trainer.ema_decay == 0.9
-    # baseline and student share the budget
+    # baseline and student share the budget and the input (key frame only on CPU)
     assert by_name["bevdepth_tiny"].student == ld.student
+    assert by_name["bevdepth_tiny"].num_frames == ld.num_frames == 1
     assert result.by_key()["labeldistill"].metrics["mAP"] == pytest.approx(0.8)
 
 
