@@ -179,5 +179,7 @@ def test_demo_writes_pictures_and_scene_gif(
     infos = load_infos(info_path(synthetic_root, "mini_val"))
     first = infos[0]["scene_token"]
     n_frames = sum(1 for i in infos if i["scene_token"] == first)
-    gif = Image.open(result.scene_gif)
-    assert result.scene_gif.parent == out / "pictures" and gif.n_frames == n_frames > 1
+    names = [p.name for p in result.scene_gifs]
+    assert names == ["scene_lidar_teacher.gif", "scene_labeldistill.gif"]
+    for path in result.scene_gifs:
+        assert path.parent == out / "pictures" and Image.open(path).n_frames == n_frames > 1

@@ -301,8 +301,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> Handler:
         print(format_table(result.pipeline.rows))
         for path in result.pictures:
             print(f"predictions: {path}")
-        if result.scene_gif is not None:
-            print(f"scene video: {result.scene_gif}")
+        for path in result.scene_gifs:
+            print(f"scene video: {path}")
         return 0
 
     return run

@@ -305,7 +305,7 @@ class DemoResult:
     gt_metrics: dict[str, Any]
     pipeline: PipelineResult
     pictures: list[Path]
-    scene_gif: Path | None = None
+    scene_gifs: list[Path] = field(default_factory=list)
 
 
 DEMO_VERSION = "v1.0-mini"
@@ -322,8 +322,9 @@ def run_demo(
 ) -> DemoResult:
     """The whole tiny demo: synthetic set -> prepare -> GT pictures and GT-as-predictions
     evaluation (mAP ~ 1 sanity check) -> :func:`run_pipeline` -> pictures of LabelDistill's
-    predictions and an animated GIF of the first val scene (six cameras + BEV, predictions and
-    GT over time). Everything lives below ``out_dir``; an existing dataset is reused."""
+    predictions and animated GIFs of the first val scene (six cameras + BEV, GT and the
+    predictions of the LiDAR teacher / of LabelDistill over time). Everything lives below
+    ``out_dir``; an existing dataset is reused."""
     from labeldistill.data.infos import info_path
     from labeldistill.data.prepare import prepare
     from labeldistill.data.synthetic import SynthConfig, generate
@@ -348,11 +349,16 @@ def run_demo(
     result = run_pipeline(data, out, budget=budget, seed=seed, fresh=fresh)
     rows = result.by_key()
     pictures: list[Path] = []
-    gif: Path | None = None
-    ld = rows.get("labeldistill")
-    if ld is not None:
-        results_json = ld.ckpt.parent.parent / "eval" / "last" / "results_nusc.json"
-        if results_json.is_file():
+    gifs: list[Path] = []
+    scene = first_scene(data, DEMO_SPLIT)
+    for key in ("lidar_teacher", "labeldistill"):
+        row = rows.get(key)
+        if row is None:
+            continue
+        results_json = row.ckpt.parent.parent / "eval" / "last" / "results_nusc.json"
+        if not results_json.is_file():
+            continue
+        if key == "labeldistill":
             pictures = visualize(
                 data,
                 DEMO_VERSION,
@@ -361,15 +367,17 @@ def run_demo(
                 results_path=results_json,
                 num=2,
             )
-            gif = visualize_scene(
+        gifs.append(
+            visualize_scene(
                 data,
                 DEMO_VERSION,
                 DEMO_SPLIT,
-                first_scene(data, DEMO_SPLIT),
-                out / "pictures" / "scene_labeldistill.gif",
+                scene,
+                out / "pictures" / f"scene_{key}.gif",
                 results_path=results_json,
             )
-    return DemoResult(data, gt_metrics, result, pictures, gif)
+        )
+    return DemoResult(data, gt_metrics, result, pictures, gifs)
 
 
 def first_scene(dataroot: str | Path, split: str) -> str:
