@@ -298,8 +298,8 @@ def format_table(rows: Sequence[StageResult]) -> str:
 
 @dataclass
 class DemoResult:
-    """What the demo wrote: the dataset, the GT sanity metrics, the pipeline rows and the
-    prediction pictures."""
+    """What the demo wrote: the dataset, the GT sanity metrics, the pipeline rows, the
+    prediction pictures and the scene GIFs (LiDAR teacher, LabelDistill)."""
 
     dataroot: Path
     gt_metrics: dict[str, Any]
