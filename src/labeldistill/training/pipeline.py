@@ -142,12 +142,14 @@ BUDGETS: dict[str, Budget] = {
 
 @dataclass
 class StageResult:
-    """One row: the stage key, its config name, checkpoint and official metrics."""
+    """One row: the stage key, its config name, checkpoint, official metrics and the
+    evaluation directory (``metrics.json``, ``results_nusc.json``)."""
 
     key: str
     config: str
     ckpt: Path
     metrics: dict[str, Any]
+    eval_dir: Path | None = None
 
 
 @dataclass
@@ -185,8 +187,9 @@ def stage_config(
     return load_config(plan.config, overrides)
 
 
-def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, dict[str, Any]]:
-    """Train (unless a finished run exists) and evaluate ``cfg`` -> (checkpoint, metrics)."""
+def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, Path, dict[str, Any]]:
+    """Train (unless a finished run exists) and evaluate ``cfg`` -> (checkpoint, evaluation
+    directory, metrics)."""
     from labeldistill.training.checkpoints import last_checkpoint, run_dir
     from labeldistill.training.run import evaluate, train
 
@@ -201,8 +204,8 @@ def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, dict[str, Any]
     else:
         log.info("pipeline: reusing %s", ckpt)
     if metrics_file.is_file():
-        return ckpt, json.loads(metrics_file.read_text())
-    return ckpt, evaluate(cfg, ckpt, eval_dir)
+        return ckpt, eval_dir, json.loads(metrics_file.read_text())
+    return ckpt, eval_dir, evaluate(cfg, ckpt, eval_dir)
 
 
 def run_pipeline(
@@ -248,8 +251,8 @@ def run_pipeline(
             ckpts,
             extra,
         )
-        ckpt, metrics = _run_stage(cfg, fresh)
-        row = StageResult(key, cfg.name, ckpt, metrics)
+        ckpt, eval_dir, metrics = _run_stage(cfg, fresh)
+        row = StageResult(key, cfg.name, ckpt, metrics, eval_dir)
         result.rows.append(row)
         log.info("pipeline: %s mAP %.4f NDS %.4f", key, metrics["mAP"], metrics["NDS"])
         return row
@@ -347,36 +350,34 @@ def run_demo(
     )
     gt_metrics = evaluate_json(data, DEMO_VERSION, DEMO_SPLIT, gt_file, gt_dir)
     result = run_pipeline(data, out, budget=budget, seed=seed, fresh=fresh)
-    rows = result.by_key()
+    predictions = {
+        key: row.eval_dir / "results_nusc.json"
+        for key, row in result.by_key().items()
+        if key in ("lidar_teacher", "labeldistill") and row.eval_dir is not None
+    }
+    predictions = {k: p for k, p in predictions.items() if p.is_file()}
     pictures: list[Path] = []
-    gifs: list[Path] = []
-    scene = first_scene(data, DEMO_SPLIT)
-    for key in ("lidar_teacher", "labeldistill"):
-        row = rows.get(key)
-        if row is None:
-            continue
-        results_json = row.ckpt.parent.parent / "eval" / "last" / "results_nusc.json"
-        if not results_json.is_file():
-            continue
-        if key == "labeldistill":
-            pictures = visualize(
-                data,
-                DEMO_VERSION,
-                DEMO_SPLIT,
-                out / "pictures" / "labeldistill",
-                results_path=results_json,
-                num=2,
-            )
-        gifs.append(
-            visualize_scene(
-                data,
-                DEMO_VERSION,
-                DEMO_SPLIT,
-                scene,
-                out / "pictures" / f"scene_{key}.gif",
-                results_path=results_json,
-            )
+    if "labeldistill" in predictions:
+        pictures = visualize(
+            data,
+            DEMO_VERSION,
+            DEMO_SPLIT,
+            out / "pictures" / "labeldistill",
+            results_path=predictions["labeldistill"],
+            num=2,
         )
+    scene = first_scene(data, DEMO_SPLIT)
+    gifs = [
+        visualize_scene(
+            data,
+            DEMO_VERSION,
+            DEMO_SPLIT,
+            scene,
+            out / "pictures" / f"scene_{key}.gif",
+            results_path=path,
+        )
+        for key, path in predictions.items()
+    ]
     return DemoResult(data, gt_metrics, result, pictures, gifs)
 
 
