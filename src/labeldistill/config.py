@@ -269,6 +269,9 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     limit_train_batches: float = 1.0
     check_val_every_n_epoch: int = 0  # 0: no validation during training (as the original)
+    # Per-epoch files kept on disk (checkpoints/epoch_<n>.ckpt, ema/epoch_<n>.safetensors): the
+    # newest N; -1 keeps every epoch (as the original). checkpoints/last.ckpt is always written.
+    keep_epochs: int = -1
 
 
 @dataclass(frozen=True)

@@ -155,3 +155,42 @@ def test_ema_warmup_ramp() -> None:
         expected = d * expected + (1 - d) * v
     torch.testing.assert_close(ema.state["fc.bias"], torch.full((2,), expected))
     assert ModelEMA(net, 0.99).current_decay() == 0.99  # no warm-up: constant
+
+
+@pytest.mark.parametrize("keep", [-1, 2])
+def test_keep_epochs_prunes_old_epoch_files(tmp_path: Path, keep: int) -> None:
+    """4 epochs: keep=2 leaves epoch files 2 and 3 (checkpoints and EMA) plus last.ckpt;
+    keep=-1 leaves all four of each."""
+    from labeldistill.config import load_config
+    from labeldistill.training.checkpoints import checkpoint_callback, checkpoint_dir, ema_dir
+
+    cfg = load_config(
+        "bevdepth_tiny", [f"trainer.output_dir={tmp_path}", f"trainer.keep_epochs={keep}"]
+    )
+    data = TensorDataset(torch.randn(8, 3), torch.randn(8, 2))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=4,
+        callbacks=[EMACallback(0.9, ema_dir(cfg), keep_epochs=keep), checkpoint_callback(cfg)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(ToyModule(), DataLoader(data, batch_size=4))
+    epochs = [0, 1, 2, 3] if keep == -1 else [2, 3]
+    ckpts = sorted(p.name for p in checkpoint_dir(cfg).glob("*.ckpt"))
+    assert ckpts == sorted([f"epoch_{n}.ckpt" for n in epochs] + ["last.ckpt"])
+    emas = sorted(p.name for p in ema_dir(cfg).glob("*.safetensors"))
+    assert emas == [f"epoch_{n}.safetensors" for n in epochs]
+    last = torch.load(checkpoint_dir(cfg) / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 3 and last["global_step"] == 8
+
+
+def test_keep_epochs_zero_is_refused(tmp_path: Path) -> None:
+    from labeldistill.config import load_config
+    from labeldistill.errors import ConfigError
+    from labeldistill.training.checkpoints import checkpoint_callback
+
+    cfg = load_config("bevdepth_tiny", ["trainer.keep_epochs=0"])
+    with pytest.raises(ConfigError, match="trainer.keep_epochs"):
+        checkpoint_callback(cfg)

@@ -102,6 +102,12 @@ class ModelEMA:
                 ema.copy_(tmp)
 
 
+def _epoch_of(path: Path) -> int:
+    """``epoch_<n>.safetensors`` -> n (other names sort first: -1)."""
+    stem = path.stem.removeprefix("epoch_")
+    return int(stem) if stem.isdigit() else -1
+
+
 class EMACallback(L.Callback):
     """Keeps a :class:`ModelEMA` of ``pl_module.model``, updated after every training batch.
 
@@ -109,13 +115,21 @@ class EMACallback(L.Callback):
         decay: the EMA decay (0.999 in the paper).
         warmup_steps: 0 = constant decay (paper); else the ramp of :class:`ModelEMA`.
         ema_dir: where ``epoch_<n>.safetensors`` files go (rank 0); None: not written.
+        keep_epochs: how many of those files stay (the newest); -1: all.
     """
 
-    def __init__(self, decay: float, ema_dir: str | Path | None, warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        decay: float,
+        ema_dir: str | Path | None,
+        warmup_steps: int = 0,
+        keep_epochs: int = -1,
+    ) -> None:
         super().__init__()
         self.decay = decay
         self.warmup_steps = warmup_steps
         self.ema_dir = Path(ema_dir) if ema_dir is not None else None
+        self.keep_epochs = keep_epochs
         self.ema: ModelEMA | None = None
         self._pending: dict[str, Tensor] | None = None
         self._pending_updates = 0
@@ -173,6 +187,10 @@ class EMACallback(L.Callback):
             },
         )
         log.info("EMA weights of epoch %d -> %s", trainer.current_epoch, path)
+        if self.keep_epochs > 0:
+            saved = sorted(self.ema_dir.glob("epoch_*.safetensors"), key=_epoch_of)
+            for old in saved[: -self.keep_epochs]:
+                old.unlink(missing_ok=True)
 
     # -- validation inside fit uses the EMA weights ------------------------------------------
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from labeldistill.config import ExperimentConfig
 from labeldistill.data.io import atomic_path
-from labeldistill.errors import CheckpointError
+from labeldistill.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,29 @@ def last_checkpoint(cfg: ExperimentConfig) -> Path:
 
 
 def checkpoint_callback(cfg: ExperimentConfig) -> ModelCheckpoint:
-    """A ``.ckpt`` at the end of every epoch (``epoch_<n>.ckpt``, 0-based) plus ``last.ckpt``."""
+    """A ``.ckpt`` at the end of every epoch (``epoch_<n>.ckpt``, 0-based) plus ``last.ckpt``;
+    only the newest ``trainer.keep_epochs`` epoch files stay on disk (-1: all)."""
+    keep = check_keep_epochs(cfg.trainer.keep_epochs)
     return ModelCheckpoint(
         dirpath=checkpoint_dir(cfg),
         filename="epoch_{epoch}",
         auto_insert_metric_name=False,
-        save_top_k=-1,
+        # Ranking by epoch (max) keeps the newest ``keep``; Lightning deletes the others.
+        monitor=None if keep == -1 else "epoch",
+        mode="max",
+        save_top_k=keep,
         every_n_epochs=1,
         save_last=True,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
+    )
+
+
+def check_keep_epochs(keep: int) -> int:
+    if keep == -1 or keep >= 1:
+        return keep
+    raise ConfigError(
+        f"trainer.keep_epochs must be -1 (keep every epoch) or >= 1, got {keep}"
     )
 
 

@@ -140,7 +140,12 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
         module.init_weights_for_training()
     dm = _datamodule(cfg, module)
     ema_cb = (
-        EMACallback(cfg.trainer.ema_decay, ema_dir(cfg), cfg.trainer.ema_warmup_steps)
+        EMACallback(
+            cfg.trainer.ema_decay,
+            ema_dir(cfg),
+            cfg.trainer.ema_warmup_steps,
+            cfg.trainer.keep_epochs,
+        )
         if cfg.trainer.ema
         else None
     )
