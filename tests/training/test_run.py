@@ -124,9 +124,7 @@ def test_resume_reaches_the_uninterrupted_weights(
     for k, v in a["ema_state_dict"].items():  # the EMA continued across the interruption
         torch.testing.assert_close(b["ema_state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     # bevdepth_tiny keeps the newest epoch's files only (trainer.keep_epochs: 1)
-    assert sorted(p.name for p in (tmp_path / "part" / "ema").iterdir()) == [
-        "epoch_1.safetensors"
-    ]
+    assert sorted(p.name for p in (tmp_path / "part" / "ema").iterdir()) == ["epoch_1.safetensors"]
     assert sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir()) == [
         "epoch_1.ckpt",
         "last.ckpt",

@@ -75,9 +75,7 @@ def checkpoint_callback(cfg: ExperimentConfig) -> ModelCheckpoint:
 def check_keep_epochs(keep: int) -> int:
     if keep == -1 or keep >= 1:
         return keep
-    raise ConfigError(
-        f"trainer.keep_epochs must be -1 (keep every epoch) or >= 1, got {keep}"
-    )
+    raise ConfigError(f"trainer.keep_epochs must be -1 (keep every epoch) or >= 1, got {keep}")
 
 
 def resolve_resume(cfg: ExperimentConfig, resume: str | Path | None) -> Path | None:
