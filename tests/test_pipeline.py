@@ -118,8 +118,14 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
         run_pipeline(None, tmp_path, budget="huge")
     with pytest.raises(ConfigError, match="unknown variant 'both'"):
         run_pipeline(None, tmp_path, variants=("both",))
-    assert set(BUDGETS) == {"tiny", "bench", "paper"}
+    assert set(BUDGETS) == {"tiny", "bench", "bench_long", "paper"}
     assert BUDGETS["paper"].stages["labeldistill"].overrides == ()
+    # bench_long = bench with 3x the student steps, same teachers
+    for key, stage in BUDGETS["bench"].stages.items():
+        long = BUDGETS["bench_long"].stages[key].overrides
+        teacher = key in ("lidar_teacher", "label_encoder")
+        assert ("trainer.max_steps=600" in long) != teacher
+        assert (long == stage.overrides) == teacher
 
 
 def test_cli_pipeline_reports_a_bad_budget(capsys: pytest.CaptureFixture) -> None:

@@ -85,9 +85,16 @@ _CPU_STUDENT = ("data.key_idxes=[]",)
 
 
 def _cpu_budget(
-    name: str, teacher: int, label: int, student: int, decay: float, description: str
+    name: str,
+    teacher: int,
+    label: int,
+    student: int,
+    decay: float,
+    description: str,
+    student_decay: float | None = None,
 ) -> Budget:
-    """A budget of the tiny configs on the synthetic set: steps per stage and the EMA decay."""
+    """A budget of the tiny configs on the synthetic set: steps per stage and the EMA decay
+    (``student_decay``: the camera students' own, default ``decay``)."""
     lidar = _CPU_LIDAR
     cam = _CPU_STUDENT
     students = {
@@ -102,7 +109,7 @@ def _cpu_budget(
         "label_encoder": StagePlan("labeldistill_step1_tiny", _short(label, decay)),
     }
     for key, (config, extra) in students.items():
-        plans[key] = StagePlan(config, _short(student, decay, *extra))
+        plans[key] = StagePlan(config, _short(student, student_decay or decay, *extra))
     return Budget(name, plans, description + " (synthetic v1.0-mini)")
 
 
@@ -111,6 +118,8 @@ def _cpu_budget(
 #: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py): LiDAR teacher and label
 #: encoder 300 steps, each camera student 200 (8 student runs of 2 seeds fit in about an hour
 #: on 2 cores, one seed per core).
+#: ``bench_long``: ``bench`` (same teachers) with 3x the student steps (600, EMA 0.99), for
+#: the question whether the distillation gain appears once the camera students train longer.
 #: ``paper``: the paper configs unchanged (GPU-sized).
 BUDGETS: dict[str, Budget] = {
     "tiny": _cpu_budget(
@@ -123,6 +132,15 @@ BUDGETS: dict[str, Budget] = {
         200,
         0.97,
         "accuracy benchmark: teacher 300 steps, label encoder 300, students 200",
+    ),
+    "bench_long": _cpu_budget(
+        "bench_long",
+        300,
+        300,
+        600,
+        0.97,
+        "longer accuracy benchmark: teacher 300 steps, label encoder 300, students 600",
+        student_decay=0.99,
     ),
     "paper": Budget(
         "paper",
