@@ -97,7 +97,9 @@ def main() -> None:
     print("| runtime | ms / sample | ratio |")
     print("|---|---:|---:|")
     print(f"| PyTorch (eval, no_grad) | {torch_ms:.1f} | 1.00 |")
-    print(f"| onnxruntime CPU | {ort_ms:.1f} | {torch_ms / ort_ms:.2f}x faster |")
+    ratio = torch_ms / ort_ms
+    verdict = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    print(f"| onnxruntime CPU | {ort_ms:.1f} | {verdict} |")
     print()
     print(f"max |ONNX - PyTorch| over all raw head outputs: {diff:.2e}")
 
