@@ -102,10 +102,14 @@ class ModelEMA:
                 ema.copy_(tmp)
 
 
-def _epoch_of(path: Path) -> int:
-    """``epoch_<n>.safetensors`` -> n (other names sort first: -1)."""
-    stem = path.stem.removeprefix("epoch_")
-    return int(stem) if stem.isdigit() else -1
+def ema_files(ema_dir: Path) -> list[Path]:
+    """The ``epoch_<n>.safetensors`` files of ``ema_dir``, oldest epoch first."""
+
+    def epoch(path: Path) -> int:
+        stem = path.stem.removeprefix("epoch_")
+        return int(stem) if stem.isdigit() else -1
+
+    return sorted(ema_dir.glob("epoch_*.safetensors"), key=epoch)
 
 
 class EMACallback(L.Callback):
@@ -188,8 +192,7 @@ class EMACallback(L.Callback):
         )
         log.info("EMA weights of epoch %d -> %s", trainer.current_epoch, path)
         if self.keep_epochs > 0:
-            saved = sorted(self.ema_dir.glob("epoch_*.safetensors"), key=_epoch_of)
-            for old in saved[: -self.keep_epochs]:
+            for old in ema_files(self.ema_dir)[: -self.keep_epochs]:
                 old.unlink(missing_ok=True)
 
     # -- validation inside fit uses the EMA weights ------------------------------------------

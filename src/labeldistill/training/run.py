@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from labeldistill.config import ExperimentConfig, dump_config
 from labeldistill.data.io import atomic_write_text
 from labeldistill.errors import CheckpointError
-from labeldistill.training.callbacks import EMACallback
+from labeldistill.training.callbacks import EMACallback, ema_files
 from labeldistill.training.checkpoints import (
     checkpoint_callback,
     ema_dir,
@@ -172,7 +172,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
     ema_path = None
     if ema_cb is not None:
         candidate = ema_dir(cfg) / f"epoch_{trainer.current_epoch - 1}.safetensors"
-        files = sorted(ema_dir(cfg).glob("epoch_*.safetensors"), key=lambda p: int(p.stem[6:]))
+        files = ema_files(ema_dir(cfg))
         ema_path = candidate if candidate.is_file() else (files[-1] if files else None)
     return TrainResult(run_dir=run_dir(cfg), last_ckpt=last, ema_weights=ema_path)
 
