@@ -108,8 +108,9 @@ def _cpu_budget(
         "lidar_teacher": StagePlan("centerpoint_tiny", _short(teacher, decay, *lidar)),
         "label_encoder": StagePlan("labeldistill_step1_tiny", _short(label, decay)),
     }
+    cam_decay = decay if student_decay is None else student_decay
     for key, (config, extra) in students.items():
-        plans[key] = StagePlan(config, _short(student, student_decay or decay, *extra))
+        plans[key] = StagePlan(config, _short(student, cam_decay, *extra))
     return Budget(name, plans, description + " (synthetic v1.0-mini)")
 
 
