@@ -38,6 +38,23 @@ def _add_synth(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--image-size", type=_size, default=(704, 396), help="camera image WxH")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument(
+        "--version",
+        default="v1.0-mini",
+        choices=("v1.0-mini", "v1.0-trainval"),
+        help="v1.0-mini: the 10 mini scenes; v1.0-trainval: --scenes of the official lists",
+    )
+    p.add_argument(
+        "--scenes",
+        type=_size,
+        default=(32, 8),
+        help="TRAINxVAL scenes of a v1.0-trainval set (default 32x8)",
+    )
+    p.add_argument(
+        "--segmentation",
+        action="store_true",
+        help="also write per-pixel class maps of the camera images (stage-0 pretraining)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from labeldistill.data.synthetic import SynthConfig, generate
@@ -47,6 +64,10 @@ def _add_synth(sub: argparse._SubParsersAction) -> Handler:
             samples_per_scene=args.samples_per_scene,
             image_width=args.image_size[0],
             image_height=args.image_size[1],
+            segmentation=args.segmentation,
+            version=args.version,
+            train_scenes=args.scenes[0],
+            val_scenes=args.scenes[1],
         )
         generate(args.out, cfg, workers=args.workers, overwrite=args.overwrite)
         return 0
@@ -194,6 +215,45 @@ def _add_train(sub: argparse._SubParsersAction) -> Handler:
         from labeldistill.training.run import train
 
         train(load_config(args.config, args.overrides), resume=args.resume)
+        return 0
+
+    return run
+
+
+def _add_pretrain_backbone(sub: argparse._SubParsersAction) -> Handler:
+    p = sub.add_parser(
+        "pretrain-backbone",
+        help="stage 0 (optional): a camera config's ResNet pretrained on per-pixel classes of "
+        "the synthetic renders (a set made with `synth --segmentation`)",
+    )
+    _add_config_args(p)
+    p.add_argument("--out", required=True, help="output dir: backbone.safetensors, metrics.json")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=8, help="camera images per step")
+    p.add_argument("--lr", type=float, default=2.0e-3)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--fresh", action="store_true", help="retrain over an existing backbone file")
+
+    def run(args: argparse.Namespace) -> int:
+        from labeldistill.config import load_config
+        from labeldistill.training.backbone_pretrain import PretrainConfig, pretrain_backbone
+
+        cfg = PretrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_workers=args.workers,
+            seed=args.seed,
+        )
+        result = pretrain_backbone(
+            load_config(args.config, args.overrides), args.out, cfg, args.fresh, args.device
+        )
+        val = result.metrics.get("val")
+        if val:
+            print(f"val mIoU (objects) {val['mIoU_objects']:.4f} on {val['images']} images")
+        print(f"wrote {result.backbone}")
         return 0
 
     return run
@@ -382,6 +442,7 @@ _COMMANDS = (
     _add_eval_json,
     _add_visualize,
     _add_train,
+    _add_pretrain_backbone,
     _add_eval,
     _add_predict,
     _add_convert,

@@ -106,6 +106,10 @@ class ImageBackboneConfig:
     pretrained: bool = True  # torchvision IMAGENET1K_V1 (offline: fails clearly unless False)
     frozen_stages: int = 0  # 0: stem frozen (paper); -1: nothing frozen
     norm_eval: bool = False
+    # With pretrained: a torchvision-layout ResNet state dict (.pth / .safetensors) to load
+    # instead of the torch hub cache: an ImageNet file given offline, or the backbone of
+    # `labeldistill pretrain-backbone` (stage 0). Empty: the hub cache.
+    pretrained_path: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Synthetic nuScenes-format dataset (``labeldistill synth``; DESIGN.md section 5).
 
 Writes a ``v1.0-mini`` tree that ``nuscenes.nuscenes.NuScenes`` loads unchanged: the 13 JSON
-tables, the 10 official mini scene names (8 mini_train + 2 mini_val), key samples at 2 Hz with
+tables, the 10 official mini scene names (8 mini_train + 2 mini_val) (or a ``v1.0-trainval``
+tree with a subset of the official train / val scene names), key samples at 2 Hz with
 six rendered camera JPEGs and a ray-cast LIDAR_TOP scan, LiDAR sweeps at 20 Hz in
 ``sweeps/LIDAR_TOP``, a map PNG per location. One 3D world per scene (``synthetic_world``) is
 seen by all sensors (``synthetic_render``); annotations carry tracks, attributes, visibility and
@@ -16,6 +17,7 @@ byte-identical whatever the number of worker processes.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import hashlib
 import io
 import json
@@ -35,6 +37,15 @@ from labeldistill.errors import UserError
 log = logging.getLogger(__name__)
 
 VERSION = "v1.0-mini"
+#: Versions the generator writes: the 10 mini scenes, or a subset of the official trainval
+#: scene names (``SynthConfig.train_scenes`` / ``val_scenes``).
+VERSIONS = ("v1.0-mini", "v1.0-trainval")
+LOCATIONS = (
+    "boston-seaport",
+    "singapore-onenorth",
+    "singapore-queenstown",
+    "singapore-hollandvillage",
+)
 #: The official v1.0-mini scenes (nuscenes.utils.splits) with the location they were recorded in.
 SCENES: tuple[tuple[str, str], ...] = (
     ("scene-0061", "singapore-onenorth"),
@@ -134,6 +145,11 @@ class SynthConfig:
     ``fov_front_deg`` is the horizontal field of view of the five 70-degree cameras,
     ``fov_back_deg`` that of CAM_BACK; intrinsics scale with the image size.
     ``lidar_azimuth_steps`` columns per 360-degree LiDAR sweep (32 beams each).
+    ``version``: ``v1.0-mini`` (the 10 official mini scenes, 8 mini_train + 2 mini_val) or
+    ``v1.0-trainval`` (the first ``train_scenes`` names of the official train split and the
+    first ``val_scenes`` of the official val split; the devkit evaluates the val scenes present).
+    ``segmentation``: also write a per-pixel class map of every camera image (see
+    :func:`segmentation_path`; not part of the nuScenes format, read by stage 0).
     """
 
     seed: int = 0
@@ -143,6 +159,10 @@ class SynthConfig:
     fov_front_deg: float = 70.0
     fov_back_deg: float = 110.0
     lidar_azimuth_steps: int = 720
+    segmentation: bool = False
+    version: str = VERSION
+    train_scenes: int = 32
+    val_scenes: int = 8
 
     def validate(self) -> None:
         if self.samples_per_scene < 1:
@@ -156,11 +176,62 @@ class SynthConfig:
             raise UserError("camera field of view must be between 10 and 170 degrees")
         if self.lidar_azimuth_steps < 90:
             raise UserError(f"lidar_azimuth_steps {self.lidar_azimuth_steps} must be at least 90")
+        if self.version not in VERSIONS:
+            raise UserError(
+                f"--version {self.version} is not generated: use {' or '.join(VERSIONS)}"
+            )
+        if self.version != VERSION and not (
+            1 <= self.train_scenes <= 700 and 1 <= self.val_scenes <= 150
+        ):
+            raise UserError(
+                f"--scenes {self.train_scenes}x{self.val_scenes}: use 1-700 train and 1-150 val "
+                "scenes (the official trainval split has 700 and 150)"
+            )
+
+
+def scene_list(cfg: SynthConfig) -> tuple[tuple[str, str], ...]:
+    """(scene name, location) of every scene ``cfg`` generates, in generation order.
+
+    v1.0-mini: :data:`SCENES`. v1.0-trainval: the first ``train_scenes`` of the devkit's
+    official train list, then the first ``val_scenes`` of its val list, in the lists' order;
+    the locations cycle through :data:`LOCATIONS` (the real ones are not in the split lists).
+    """
+    if cfg.version == VERSION:
+        return SCENES
+    from nuscenes.utils.splits import create_splits_scenes
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        splits = create_splits_scenes(verbose=False)
+    names = list(splits["train"][: cfg.train_scenes]) + list(splits["val"][: cfg.val_scenes])
+    return tuple((n, LOCATIONS[i % len(LOCATIONS)]) for i, n in enumerate(names))
 
 
 def token(seed: int, *parts: object) -> str:
     """Deterministic 32-hex token of (seed, parts)."""
     return hashlib.md5("|".join([str(seed), *map(str, parts)]).encode()).hexdigest()
+
+
+#: Folder of the per-pixel class maps (``SynthConfig.segmentation``), beside ``samples``.
+SEGMENTATION_DIR = "segmentation"
+#: Value of a pixel that shows no annotated object (ground, sky, buildings, trees, poles).
+SEG_BACKGROUND = 0
+
+
+def segmentation_path(image_filename: str) -> str:
+    """Relative path of the class map of the camera image ``samples/<CAM>/<name>.jpg``:
+    ``segmentation/<CAM>/<name>.png`` (uint8, :func:`segmentation_map` values)."""
+    parts = Path(image_filename).with_suffix(".png").parts
+    if len(parts) < 2 or parts[0] != "samples":
+        raise ValueError(f"not a camera sample file name: {image_filename}")
+    return str(Path(SEGMENTATION_DIR, *parts[1:]))
+
+
+def segmentation_map(object_ids: np.ndarray, object_classes: list[int]) -> np.ndarray:
+    """Per-pixel class map of a render: [H, W] object index (-1 = no object) -> [H, W] uint8,
+    ``SEG_BACKGROUND`` (0) where no annotated object is seen (also unannotated scenery,
+    class -1), else 1 + the object's detection class index (1-10, ``structures.CLASSES``)."""
+    lut = np.array([SEG_BACKGROUND] + [c + 1 if c >= 0 else SEG_BACKGROUND for c in object_classes])
+    return lut[object_ids + 1].astype(np.uint8)
 
 
 def _yaw_quat(yaw: float) -> list[float]:
@@ -209,7 +280,7 @@ def build_scene(root: Path, cfg: SynthConfig, scene_index: int) -> dict[str, lis
     from labeldistill.geometry import quaternion_to_matrix
 
     seed, K = cfg.seed, cfg.samples_per_scene
-    name, location = SCENES[scene_index]
+    name, location = scene_list(cfg)[scene_index]
     world = W.build_world(seed, scene_index, K)
     logfile, vehicle, date, t0_us = _log_identity(seed, scene_index, location)
     log_token = token(seed, "log", name)
@@ -419,6 +490,11 @@ def build_scene(root: Path, cfg: SynthConfig, scene_index: int) -> dict[str, lis
                 buf, format="JPEG", quality=int(rng.integers(lo, hi + 1))
             )
             (root / filename).write_bytes(buf.getvalue())
+            if cfg.segmentation:
+                seg = segmentation_map(out.object_ids, [o.cls for o in world.objects])
+                seg_buf = io.BytesIO()
+                Image.fromarray(seg).save(seg_buf, format="PNG")
+                (root / segmentation_path(filename)).write_bytes(seg_buf.getvalue())
             rows["ego_pose"].append(ego_pose_record(cam_tokens[k], t, ts))
             rows["sample_data"].append(
                 {
@@ -535,17 +611,17 @@ def _check_out(out: Path, overwrite: bool) -> None:
                 f"output directory {out} exists and is not empty: "
                 "choose another --out or pass --overwrite"
             )
-        if not (out / VERSION).is_dir():
+        if not any((out / v).is_dir() for v in VERSIONS):
             raise UserError(
-                f"output directory {out} is not empty and holds no {VERSION} dataset: refusing to "
-                "replace it; choose another --out"
+                f"output directory {out} is not empty and holds no {' or '.join(VERSIONS)} "
+                "dataset: refusing to replace it; choose another --out"
             )
 
 
 def generate(
     out: str | Path, cfg: SynthConfig, workers: int | None = None, overwrite: bool = False
 ) -> Path:
-    """Write the synthetic ``v1.0-mini`` dataset to ``out`` and return its path.
+    """Write the synthetic dataset (``cfg.version``) to ``out`` and return its path.
 
     The dataset is built in a temporary directory beside ``out`` and renamed at the end.
     ``workers``: processes (default: all cores; 1 = in this process); scenes run in parallel.
@@ -561,11 +637,13 @@ def generate(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        for sub in ["samples/LIDAR_TOP", "sweeps/LIDAR_TOP", "maps", VERSION] + [
-            f"samples/{c}" for c in CAMERA_NAMES
-        ]:
+        subs = ["samples/LIDAR_TOP", "sweeps/LIDAR_TOP", "maps", cfg.version]
+        subs += [f"samples/{c}" for c in CAMERA_NAMES]
+        if cfg.segmentation:
+            subs += [f"{SEGMENTATION_DIR}/{c}" for c in CAMERA_NAMES]
+        for sub in subs:
             (tmp / sub).mkdir(parents=True, exist_ok=True)
-        n_scenes = len(SCENES)
+        n_scenes = len(scene_list(cfg))
         workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
         workers = min(workers, n_scenes)
         results: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -595,7 +673,7 @@ def generate(
             loc = next(r["location"] for r in tables["log"] if r["token"] == rec["log_tokens"][0])
             (tmp / rec["filename"]).write_bytes(_map_png(cfg.seed, loc))
         for name in TABLES:
-            (tmp / VERSION / f"{name}.json").write_text(json.dumps(tables[name], indent=1))
+            (tmp / cfg.version / f"{name}.json").write_text(json.dumps(tables[name], indent=1))
         (tmp / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -611,7 +689,7 @@ def generate(
     log.info(
         "wrote %s: %d scenes, %d samples, %d annotations",
         out,
-        len(SCENES),
+        n_scenes,
         len(tables["sample"]),
         n_ann,
     )

@@ -127,12 +127,11 @@ class LabelDistillModule(StageModule):
             if d.use_label_teacher
             else None
         )
-        bb = self.cfg.student.image_backbone
-        if bb.pretrained:
-            from labeldistill.training.pretrained import load_imagenet_backbone
+        from labeldistill.training.pretrained import init_student_backbone
 
-            path = load_imagenet_backbone(self.model.student.backbone.img_backbone, bb.depth)
-            log.info("image backbone initialised from %s", path)
+        init_student_backbone(
+            self.model.student.backbone.img_backbone, self.cfg.student.image_backbone
+        )
         if lidar is not None:
             load_teacher(self.model.lidar_teacher, lidar, prefixes=LIDAR_PREFIXES)
         if label is not None:

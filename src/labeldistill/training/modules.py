@@ -196,12 +196,9 @@ class StudentModule(StageModule):
         return build.build_student(cfg)
 
     def init_weights_for_training(self) -> None:
-        bb = self.cfg.student.image_backbone
-        if bb.pretrained:
-            from labeldistill.training.pretrained import load_imagenet_backbone
+        from labeldistill.training.pretrained import init_student_backbone
 
-            path = load_imagenet_backbone(self.model.backbone.img_backbone, bb.depth)
-            log.info("image backbone initialised from %s", path)
+        init_student_backbone(self.model.backbone.img_backbone, self.cfg.student.image_backbone)
 
     def compute_losses(self, batch: Batch) -> LossDict:
         model = self.model

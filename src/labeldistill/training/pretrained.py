@@ -1,10 +1,13 @@
-"""ImageNet initialisation of the student's image backbone from the local torch hub cache.
+"""Initialisation of the student's image backbone: ImageNet from the local torch hub cache, or
+a weights file named by ``student.image_backbone.pretrained_path``.
 
 The paper initialises its ResNet with torchvision's ``IMAGENET1K_V1`` weights. Training machines
 may be offline, so nothing is downloaded here: the file must already be in
 ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``); otherwise a one-line
 :class:`~labeldistill.errors.UserError` says where we looked, how to get the file and how to
-train from random init instead.
+train from random init instead. ``pretrained_path`` takes any torchvision-layout ResNet state
+dict (an ImageNet file copied by hand, or the stage-0 backbone of ``labeldistill
+pretrain-backbone``, ``backbone.safetensors``).
 """
 
 from __future__ import annotations
@@ -85,10 +88,38 @@ def load_imagenet_backbone(
     return path
 
 
+def load_backbone_file(backbone: nn.Module, path: str | Path, depth: int) -> Path:
+    """Copy a torchvision-layout ResNet-``depth`` state dict (``.pth`` / ``.safetensors``;
+    ``fc.*`` dropped) into ``backbone`` (strict). Raises :class:`UserError` naming the file
+    when it is missing, unreadable or of another network."""
+    from labeldistill.training.checkpoints import compare_state, read_weights
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"backbone weights {path} not found (student.image_backbone.pretrained_path): give "
+            "an existing file, run `labeldistill pretrain-backbone`, or set "
+            "student.image_backbone.pretrained=false for random init"
+        )
+    state = {k: v for k, v in read_weights(path).state_dict.items() if not k.startswith("fc.")}
+    report = compare_state(backbone, state)
+    if not report.ok:
+        raise UserError(
+            f"backbone weights {path} do not fit ResNet-{depth} ({report.summary()}): give the "
+            "weights of the same ResNet depth (student.image_backbone.depth)"
+        )
+    backbone.load_state_dict(state, strict=True)
+    log.info("image backbone initialised from %s", path)
+    return path
+
+
 def init_student_backbone(image_backbone: nn.Module, cfg: ImageBackboneConfig) -> Path | None:
-    """Load ImageNet weights into a student's ``backbone.img_backbone`` when
-    ``cfg.pretrained`` (paper default); random init (returns None) otherwise."""
+    """Initialise a student's ``backbone.img_backbone`` when ``cfg.pretrained`` (paper
+    default): from ``cfg.pretrained_path`` when set, else ImageNet from the hub cache. Random
+    init (returns None) otherwise. The file used is returned."""
     if not cfg.pretrained:
         log.info("image backbone: random init (student.image_backbone.pretrained=false)")
         return None
+    if cfg.pretrained_path:
+        return load_backbone_file(image_backbone, cfg.pretrained_path, cfg.depth)
     return load_imagenet_backbone(image_backbone, cfg.depth)
