@@ -1,27 +1,32 @@
-"""Accuracy benchmark of LabelDistill on the synthetic set (issue 5).
+"""Accuracy benchmark of LabelDistill on a synthetic nuScenes-format set (issue 10).
 
-Official nuScenes mAP / NDS (mini_val of the synthetic v1.0-mini set) of: the LiDAR teacher,
-the label-encoder decode (upper bound), the baseline BEVDepth, LiDAR-only, label-only and
-LabelDistill, as mean and spread over several seeds, plus mAP by distance band for the
-baseline vs LabelDistill. Writes a markdown table (``<out>/accuracy.md``) and prints it.
+Official nuScenes metrics (devkit) on the val split of a set the script generates itself
+(``training.pipeline.BENCH_DATA``: a v1.0-trainval tree of 32 official train / 8 official val
+scene names, 12 key samples each, with the per-pixel class maps of stage 0) for: the LiDAR
+teacher, the label-encoder decode (upper bound), the baseline BEVDepth, the ablations
+(LiDAR-only, label-only, no partitioning) and LabelDistill. Per row: mean, sample std and every
+per-seed value of mAP, NDS and the five TP errors; mAP by distance band (0-20, 20-30, >30 m) for
+every camera row; the LabelDistill - baseline difference paired by seed. Learning curves (val
+mAP / NDS against training steps, baseline vs LabelDistill) go to ``<out>/learning_curves.png``
+and ``<out>/learning_curves.json``; the tables to ``<out>/accuracy.md``.
 
-Fixed budget: ``labeldistill.training.pipeline.BUDGETS[--budget]`` (default ``bench``); the
-synthetic set is generated with seed 0, 10 samples per scene, 352 x 198 cameras. By default the
-two teacher stages are trained once (seed 0, ``--teacher-seed``) and shared by every student
-seed, so the spread reflects the students' seeds only; ``--teachers-per-seed`` retrains them.
+Budget: ``training.pipeline.BUDGETS[--budget]`` (default ``bench``: stage 0, teachers, camera
+students of the same length, all CPU-sized). Stage 0 and the two teachers are trained once
+(``--teacher-seed``) and shared by every student seed, so the spread is the students' own.
 
-Full run:   .venv/bin/python benchmarks/accuracy.py --out benchmarks/_work/accuracy --jobs 2
-Reduced:    .venv/bin/python benchmarks/accuracy.py --budget tiny --seeds 0 1
+Main comparison:  .venv/bin/python benchmarks/accuracy.py
+Ablations:        .venv/bin/python benchmarks/accuracy.py --ablations --no-main
+Another set:      .venv/bin/python benchmarks/accuracy.py --data-seed 1 --samples-per-scene 16
 
-``--jobs N``: the shared teachers are trained first (all threads), then the seeds run in N
-parallel processes of ``--threads`` = cores / N intra-op threads each (2 cores: one seed per
-core); the table is assembled from the finished stages.
-Finished stages are reused (delete the output dir or pass --fresh to retrain).
+Every finished stage is reused (the table is assembled from what is on disk): an interrupted
+run is resumed by running the same command again. ``--jobs 2`` trains two seeds at once, one
+thread each (on 2 cores about as fast as one seed at a time with two threads).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -29,141 +34,249 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from labeldistill.training.pipeline import (
+    BUDGETS,
     ROW_NAMES,
-    VARIANTS,
     PipelineResult,
+    ensure_synthetic,
     run_pipeline,
 )
 
-ROWS = ("lidar_teacher", "label_encoder", "baseline", "lidar_only", "label_only", "labeldistill")
+ROWS = (
+    "lidar_teacher",
+    "label_encoder",
+    "baseline",
+    "lidar_only",
+    "label_only",
+    "no_partition",
+    "labeldistill",
+)
+CAMERA_ROWS = ROWS[2:]
+TP = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
+BANDS = ("0-20", "20-30", ">30")
+ABLATIONS = ("lidar_only", "label_only", "no_partition")
 
 
-def _ensure_data(root: Path) -> Path:
-    from labeldistill.data.infos import info_path
-    from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
-
-    if not info_path(root, "mini_val").is_file():
-        cfg = SynthConfig(seed=0, samples_per_scene=10, image_width=352, image_height=198)
-        generate(root, cfg, overwrite=True)
-        prepare(root, "v1.0-mini")
-    return root
-
-
-def _mean_spread(values: list[float]) -> str:
+def _mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {spread:.4f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {std:.4f}"
 
 
-def table(results: dict[int, PipelineResult], budget: str) -> str:
-    seeds = sorted(results)
-    per_key: dict[str, list[dict]] = {k: [] for k in ROWS}
-    for s in seeds:
-        for row in results[s].rows:
-            if row.key in per_key:
-                per_key[row.key].append(row.metrics)
+def _per_seed(values: list[float]) -> str:
+    return " / ".join(f"{v:.4f}" for v in values)
+
+
+def collect(results: dict[int, PipelineResult]) -> dict[str, dict[int, dict[str, Any]]]:
+    """row key -> seed -> metrics."""
+    out: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in ROWS}
+    for seed, res in results.items():
+        for row in res.rows:
+            if row.key in out:
+                out[row.key][seed] = row.metrics
+    return out
+
+
+def tables(per: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list[int]) -> str:
+    """The markdown tables of the benchmark (see the module docstring)."""
     lines = [
-        f"Budget `{budget}`, seeds {seeds} (mean ± sample std over seeds; teachers shared "
-        "unless stated).",
+        f"Budget `{budget}`, student seeds {seeds}: mean ± sample std over seeds, then the "
+        "per-seed values (seed order as listed). Stage 0 and the teachers are shared.",
         "",
-        "| model | mAP | NDS | mATE | mAOE | runs |",
-        "|---|---|---|---|---|---|",
+        "| model | mAP | NDS | " + " | ".join(TP) + " | runs |",
+        "|---|---|---|" + "---|" * len(TP) + "---|",
     ]
     for key in ROWS:
-        ms = per_key[key]
+        ms = [per[key][s] for s in seeds if s in per[key]]
         if not ms:
             continue
+        cells = [_mean_std([m["mAP"] for m in ms]), _mean_std([m["NDS"] for m in ms])]
+        cells += [_mean_std([m[t] for m in ms]) for t in TP]
+        lines.append(f"| {ROW_NAMES[key]} | " + " | ".join(cells) + f" | {len(ms)} |")
+    lines += ["", "Per seed (mAP; NDS):", "", "| model | mAP per seed | NDS per seed |"]
+    lines.append("|---|---|---|")
+    for key in CAMERA_ROWS:
+        ms = [per[key][s] for s in seeds if s in per[key]]
+        if ms:
+            lines.append(
+                f"| {ROW_NAMES[key]} | {_per_seed([m['mAP'] for m in ms])} | "
+                f"{_per_seed([m['NDS'] for m in ms])} |"
+            )
+    lines += ["", "mAP by distance band (ego distance, m):", ""]
+    lines.append("| model | " + " | ".join(BANDS) + " |")
+    lines.append("|---|" + "---|" * len(BANDS))
+    for key in CAMERA_ROWS:
+        ms = [per[key][s] for s in seeds if s in per[key]]
+        if not ms:
+            continue
+        cells = []
+        for band in BANDS:
+            vals = [m.get("ap_by_distance", {}).get(band) for m in ms]
+            cells.append(_mean_std([v for v in vals if v is not None]))
+        lines.append(f"| {ROW_NAMES[key]} | " + " | ".join(cells) + " |")
+    paired = [s for s in seeds if s in per["baseline"]]
+    lines += ["", "Difference to the baseline, paired by seed (mean ± std of the differences):", ""]
+    lines.append("| model | ΔmAP | ΔNDS | ΔmAP >30 m |")
+    lines.append("|---|---|---|---|")
+    for key in ("lidar_only", "label_only", "no_partition", "labeldistill"):
+        both = [s for s in paired if s in per[key]]
+        if not both:
+            continue
+
+        def diff(get: Any, both: list[int] = both, key: str = key) -> str:
+            vals = [get(per[key][s]) - get(per["baseline"][s]) for s in both]
+            return _mean_std(vals)
+
+        far = lambda m: m.get("ap_by_distance", {}).get(">30") or 0.0  # noqa: E731
         lines.append(
-            f"| {ROW_NAMES[key]} | {_mean_spread([m['mAP'] for m in ms])} | "
-            f"{_mean_spread([m['NDS'] for m in ms])} | "
-            f"{_mean_spread([m['mATE'] for m in ms])} | "
-            f"{_mean_spread([m['mAOE'] for m in ms])} | {len(ms)} |"
+            f"| {ROW_NAMES[key]} | {diff(lambda m: m['mAP'])} | {diff(lambda m: m['NDS'])} | "
+            f"{diff(far)} |"
         )
-    bands: list[str] = []
-    for key in ("baseline", "labeldistill"):
-        for m in per_key[key]:
-            for b in m.get("ap_by_distance") or {}:
-                if b not in bands:
-                    bands.append(b)
-    if bands:
-        lines += ["", "mAP by distance band (ego distance, m):", ""]
-        lines.append("| model | " + " | ".join(bands) + " |")
-        lines.append("|---|" + "---|" * len(bands))
-        for key in ("baseline", "labeldistill"):
-            ms = per_key[key]
-            if not ms:
-                continue
-            cells = [
-                _mean_spread(
-                    [m["ap_by_distance"][b] for m in ms if m["ap_by_distance"].get(b) is not None]
-                )
-                for b in bands
-            ]
-            lines.append(f"| {ROW_NAMES[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def learning_curves(results: dict[int, PipelineResult]) -> dict[str, dict[int, list[list[float]]]]:
+    """row key -> seed -> [[step, mAP, NDS], ...] from the in-training validations
+    (``eval/val_epoch_<n>``) and the final evaluation (``eval/last``) of each camera run."""
+    curves: dict[str, dict[int, list[list[float]]]] = {}
+    for seed, res in results.items():
+        for row in res.rows:
+            if row.key not in CAMERA_ROWS or row.eval_dir is None:
+                continue
+            run = row.eval_dir.parent.parent
+            points: list[list[float]] = []
+            for d in run.glob("eval/val_epoch_*"):
+                m_file = d / "metrics.json"
+                m = json.loads(m_file.read_text()) if m_file.is_file() else {}
+                if "global_step" in m:
+                    points.append([m["global_step"], m["mAP"], m["NDS"]])
+            cfg_file = run / "config.yaml"
+            final = (
+                yaml.safe_load(cfg_file.read_text())["trainer"]["max_steps"]
+                if cfg_file.is_file()
+                else -1
+            )
+            points = [p for p in points if p[0] != final]
+            points.append([final, row.metrics["mAP"], row.metrics["NDS"]])
+            curves.setdefault(row.key, {})[seed] = sorted(points)
+    return curves
+
+
+def plot_curves(curves: dict[str, dict[int, list[list[float]]]], path: Path) -> Path | None:
+    """PNG: val mAP and NDS against steps, baseline vs LabelDistill (thin lines: seeds; thick:
+    their mean at the common steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("baseline", "labeldistill") if k in curves]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    colors = {"baseline": "tab:blue", "labeldistill": "tab:red"}
+    for ax, idx, label in ((axes[0], 1, "val mAP"), (axes[1], 2, "val NDS")):
+        for key in keys:
+            per_seed = curves[key]
+            for pts in per_seed.values():
+                ax.plot([p[0] for p in pts], [p[idx] for p in pts], color=colors[key], alpha=0.3)
+            steps = sorted(set.intersection(*[{p[0] for p in pts} for pts in per_seed.values()]))
+            mean = [
+                statistics.fmean(
+                    next(p[idx] for p in pts if p[0] == s) for pts in per_seed.values()
+                )
+                for s in steps
+            ]
+            ax.plot(steps, mean, color=colors[key], lw=2.5, marker="o", label=ROW_NAMES[key])
+        ax.set_xlabel("training steps (batch 2)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Synthetic benchmark: baseline vs LabelDistill (thin: seeds, thick: mean)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/_work/accuracy")
-    p.add_argument("--dataroot", default=None, help="default: <out>/data (generated)")
-    p.add_argument("--budget", default="bench")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--teacher-seed", type=int, default=0)
-    p.add_argument("--teachers-per-seed", action="store_true")
+    p.add_argument("--dataroot", default=None, help="default: <out>/data-<seed>-<sps> (generated)")
+    p.add_argument("--budget", default="bench", choices=sorted(BUDGETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds")
+    p.add_argument("--teacher-seed", type=int, default=0, help="stage 0 and teachers")
+    p.add_argument("--data-seed", type=int, default=None, help="seed of the generated set")
+    p.add_argument("--samples-per-scene", type=int, default=None, help="of the generated set")
     p.add_argument(
-        "--variants",
-        nargs="+",
-        default=["lidar_only", "label_only", "labeldistill"],
-        choices=VARIANTS,
+        "--ablations", action="store_true", help="also LiDAR-only, label-only, no-partition"
     )
-    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--no-main", action="store_true", help="with --ablations: only the ablations")
     p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers of every stage")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    budget = BUDGETS[args.budget]
+    plan = budget.data
+    if plan is None:
+        raise SystemExit(f"error: budget {args.budget} has no synthetic set (use a CPU budget)")
+    data_seed = plan.data_seed if args.data_seed is None else args.data_seed
+    sps = plan.samples_per_scene if args.samples_per_scene is None else args.samples_per_scene
     out = Path(args.out)
-    data = Path(args.dataroot) if args.dataroot else _ensure_data(out / "data")
     start = time.time()
+    data = (
+        Path(args.dataroot)
+        if args.dataroot
+        else ensure_synthetic(out / f"data-{data_seed}-{sps}", plan, data_seed, sps)
+    )
+    variants: list[str] = [] if args.no_main else ["labeldistill"]
+    if args.ablations:
+        variants += list(ABLATIONS)
+    extra = [f"data.num_workers={args.workers}"] if args.workers is not None else []
+    set_dir = out / f"{args.budget}-data{data_seed}-sps{sps}"
 
-    def pipeline_of(seed: int, fresh: bool, **kw: object) -> PipelineResult:
+    def pipeline_of(seed: int, **kw: Any) -> PipelineResult:
         return run_pipeline(
             data,
-            out / f"seed{seed}",
+            set_dir / f"seed{seed}",
             budget=args.budget,
             seed=seed,
-            fresh=fresh,
-            teacher_dir=None if args.teachers_per_seed else out / "teachers",
-            teacher_seed=None if args.teachers_per_seed else args.teacher_seed,
-            **kw,  # type: ignore[arg-type]
+            teacher_dir=set_dir / "teachers",
+            teacher_seed=args.teacher_seed,
+            extra=extra,
+            **kw,
         )
 
     if args.jobs > 1 and len(args.seeds) > 1:
-        if args.fresh:  # the children would retrain the shared teachers concurrently
-            raise SystemExit(f"error: --fresh with --jobs > 1: delete {out} instead")
-        if not args.teachers_per_seed:  # the shared teachers once, with every thread
-            pipeline_of(args.seeds[0], args.fresh, variants=(), baseline=False)
+        pipeline_of(args.seeds[0], variants=(), baseline=False)  # shared stages, all threads
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        pending = list(args.seeds)
-        running: list[subprocess.Popen] = []
+        pending, running = list(args.seeds), []
         while pending or running:
             while pending and len(running) < args.jobs:
                 seed = pending.pop(0)
                 cmd = [sys.executable, __file__, "--out", str(out), "--dataroot", str(data)]
                 cmd += ["--budget", args.budget, "--seeds", str(seed), "--threads", str(threads)]
-                cmd += ["--teacher-seed", str(args.teacher_seed), "--variants", *args.variants]
-                cmd += ["--teachers-per-seed"] if args.teachers_per_seed else []
+                cmd += ["--teacher-seed", str(args.teacher_seed)]
+                cmd += ["--data-seed", str(data_seed), "--samples-per-scene", str(sps)]
+                cmd += ["--ablations"] if args.ablations else []
+                cmd += ["--no-main"] if args.no_main else []
+                cmd += ["--workers", str(args.workers)] if args.workers is not None else []
                 log_file = (out / f"seed{seed}.log").open("w")
-                running.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT))
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                running.append(
+                    subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                )
             time.sleep(5)
             for proc in [r for r in running if r.poll() is not None]:
                 running.remove(proc)
@@ -171,13 +284,29 @@ def main() -> int:
                     raise SystemExit(f"error: {' '.join(proc.args)} failed (see {out}/seed*.log)")
     results: dict[int, PipelineResult] = {}
     for seed in args.seeds:
-        results[seed] = pipeline_of(seed, args.fresh, variants=args.variants)
-        text = table(results, args.budget)
-        (out / "accuracy.md").write_text(text + "\n")
-    text = table(results, args.budget)
+        results[seed] = pipeline_of(seed, variants=variants)
+        text = tables(collect(results), args.budget, sorted(results))
+        (set_dir / "accuracy.md").write_text(text + "\n")
+    per = collect(results)
+    text = tables(per, args.budget, args.seeds)
+    first = results[args.seeds[0]]
+    if first.backbone is not None:
+        val = first.backbone.metrics.get("val", {})
+        text += (
+            f"\n\nStage 0 (shared): val mIoU over object classes {val.get('mIoU_objects', 0):.4f}"
+            f" on {val.get('images', 0)} images, {first.backbone.metrics['train_seconds'] / 60:.1f}"
+            " min."
+        )
+    curves = learning_curves(results)
+    (set_dir / "learning_curves.json").write_text(json.dumps(curves, indent=1))
+    png = plot_curves(curves, set_dir / "learning_curves.png")
     minutes = (time.time() - start) / 60
-    text += f"\n\nWall time: {minutes:.1f} min (stages reused from earlier runs count 0)."
-    (out / "accuracy.md").write_text(text + "\n")
+    text += (
+        f"\n\nWall time of this call: {minutes:.1f} min (stages reused from earlier runs count 0)."
+    )
+    if png is not None:
+        text += f"\nLearning curves: {png}"
+    (set_dir / "accuracy.md").write_text(text + "\n")
     print(text)
     return 0
 

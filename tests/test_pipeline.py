@@ -11,7 +11,7 @@ import pytest
 
 from labeldistill.cli import main as cli_main
 from labeldistill.errors import ConfigError
-from labeldistill.training import pipeline
+from labeldistill.training import backbone_pretrain, pipeline
 from labeldistill.training.pipeline import BUDGETS, StageResult, format_table, run_pipeline
 
 
@@ -47,8 +47,16 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch):
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
+    def fake_pretrain(exp, out_dir, cfg, fresh=False, device="cpu"):
+        calls.append(("pretrain", exp, cfg))
+        path = Path(out_dir) / backbone_pretrain.BACKBONE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("backbone")
+        return backbone_pretrain.PretrainResult(path, {"train_seconds": 1.0})
+
     monkeypatch.setattr(run, "train", fake_train)
     monkeypatch.setattr(run, "evaluate", fake_evaluate)
+    monkeypatch.setattr(backbone_pretrain, "pretrain_backbone", fake_pretrain)
     return calls
 
 
@@ -58,7 +66,14 @@ def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> 
     )
     keys = [r.key for r in result.rows]
     assert keys == ["lidar_teacher", "label_encoder", "baseline", "labeldistill", "label_only"]
-    trained = [cfg for what, cfg in fake_runs if what == "train"]
+    # stage 0 once, after the teachers, on the baseline's data; every camera stage loads it
+    order = [c[0] for c in fake_runs]
+    assert order.count("pretrain") == 1 and order.index("pretrain") == 4
+    pretrain = next(c for c in fake_runs if c[0] == "pretrain")
+    assert pretrain[1].name == "bevdepth_tiny" and pretrain[2].steps == 150
+    backbone = tmp_path / "runs" / "backbone_pretrain" / backbone_pretrain.BACKBONE_FILE
+    assert result.backbone.backbone == backbone
+    trained = [c[1] for c in fake_runs if c[0] == "train"]
     names = [c.name for c in trained]
     assert names == [
         "centerpoint_tiny",
@@ -84,21 +99,28 @@ def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> 
     assert steps == {
         "centerpoint_tiny": 100,
         "labeldistill_step1_tiny": 100,
-        "bevdepth_tiny": 80,
-        "labeldistill_tiny": 80,
-        "labeldistill_tiny_label_only": 80,
+        "bevdepth_tiny": 120,
+        "labeldistill_tiny": 120,
+        "labeldistill_tiny_label_only": 120,
     }
+    for c in trained:
+        bb = c.student.image_backbone
+        camera = c.stage in ("student", "labeldistill")
+        if camera:
+            assert (bb.pretrained, bb.pretrained_path) == (True, str(backbone))
+        else:  # the teachers have no image backbone to load
+            assert bb.pretrained_path == ""
     assert by_name["centerpoint_tiny"].data.lidar_sweeps == ld.data.lidar_sweeps == 0
     assert by_name["bevdepth_tiny"].trainer.ema_decay == ld.trainer.ema_decay == 0.9
     # baseline and student share the budget and the input (key frame only on CPU)
     assert by_name["bevdepth_tiny"].student == ld.student
     assert by_name["bevdepth_tiny"].num_frames == ld.num_frames == 1
-    assert result.by_key()["labeldistill"].metrics["mAP"] == pytest.approx(0.8)
+    assert result.by_key()["labeldistill"].metrics["mAP"] == pytest.approx(0.9)  # 9th call
 
 
 def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_path) -> None:
     run_pipeline(None, tmp_path / "a", variants=(), baseline=False)
-    assert len(fake_runs) == 4  # two trainings, two evaluations
+    assert len(fake_runs) == 4  # two trainings, two evaluations; no camera stage: no stage 0
     again = run_pipeline(None, tmp_path / "a", variants=(), baseline=False)
     assert len(fake_runs) == 4 and [r.metrics["mAP"] for r in again.rows] == pytest.approx(
         [0.2, 0.4]
@@ -107,10 +129,13 @@ def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_pa
     run_pipeline(
         None, tmp_path / "b", seed=1, variants=(), teacher_dir=tmp_path / "a", teacher_seed=0
     )
-    assert [c.name for what, c in fake_runs[4:] if what == "train"] == ["bevdepth_tiny"]
+    assert [c[1].name for c in fake_runs[4:] if c[0] == "train"] == ["bevdepth_tiny"]
+    # stage 0 is a shared stage too: it goes beside the shared teachers
+    pretrain = [c for c in fake_runs if c[0] == "pretrain"]
+    assert len(pretrain) == 1 and pretrain[0][1].trainer.seed == 0
     # --fresh retrains
     run_pipeline(None, tmp_path / "a", variants=(), baseline=False, fresh=True)
-    assert sum(1 for what, _ in fake_runs if what == "train") == 5
+    assert sum(1 for c in fake_runs if c[0] == "train") == 5
 
 
 def test_bad_budget_and_variant(tmp_path: Path) -> None:
@@ -118,14 +143,22 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
         run_pipeline(None, tmp_path, budget="huge")
     with pytest.raises(ConfigError, match="unknown variant 'both'"):
         run_pipeline(None, tmp_path, variants=("both",))
-    assert set(BUDGETS) == {"tiny", "bench", "bench_long", "paper"}
+    assert set(BUDGETS) == {"tiny", "bench", "bench_scratch", "paper"}
     assert BUDGETS["paper"].stages["labeldistill"].overrides == ()
-    # bench_long = bench with 3x the student steps, same teachers
-    for key, stage in BUDGETS["bench"].stages.items():
-        long = BUDGETS["bench_long"].stages[key].overrides
-        teacher = key in ("lidar_teacher", "label_encoder")
-        assert ("trainer.max_steps=600" in long) != teacher
-        assert (long == stage.overrides) == teacher
+    assert BUDGETS["paper"].data is None and BUDGETS["paper"].backbone is None
+    # bench_scratch = bench without stage 0, everything else equal
+    bench, scratch = BUDGETS["bench"], BUDGETS["bench_scratch"]
+    assert bench.backbone is not None and scratch.backbone is None
+    assert dict(bench.stages) == dict(scratch.stages) and bench.data == scratch.data
+    # every camera stage of the benchmark has the same length and is validated every epoch
+    cams = {k: v for k, v in bench.stages.items() if k not in ("lidar_teacher", "label_encoder")}
+    assert len({v.overrides[:4] for v in cams.values()}) == 1
+    assert all("trainer.check_val_every_n_epoch=1" in v.overrides for v in cams.values())
+    assert bench.data.overrides() == (
+        "data.version=v1.0-trainval",
+        "data.train_split=train",
+        "data.val_split=val",
+    )
 
 
 def test_cli_pipeline_reports_a_bad_budget(capsys: pytest.CaptureFixture) -> None:

@@ -15,6 +15,7 @@ Adding a stage (label encoder, LabelDistill) = one subclass + one entry in :data
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from labeldistill.config import ExperimentConfig
+from labeldistill.data.io import atomic_write_text
 from labeldistill.models import build
 from labeldistill.structures import Batch, Detections, LossDict, SampleMeta
 from labeldistill.training.optim import build_optimizer, build_scheduler
@@ -161,6 +163,9 @@ class StageModule(L.LightningModule):
 
             out = run_dir(self.cfg) / "eval" / f"val_epoch_{self.current_epoch}"
             metrics = evaluate_records(self.cfg, self.gathered, self.cfg.data.val_split, out)
+            # the learning curves of benchmarks/accuracy.py plot val metrics against steps
+            metrics["global_step"] = int(self.global_step)
+            atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
             for key in ("mAP", "NDS"):
                 self.log(f"val/{key}", float(metrics[key]), rank_zero_only=True)
 

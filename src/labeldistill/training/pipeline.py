@@ -52,12 +52,54 @@ class StagePlan:
 
 
 @dataclass(frozen=True)
+class BackbonePlan:
+    """Stage 0 of a budget (optional, ours): the camera students' ResNet pretrained on the
+    per-pixel classes of the synthetic renders (``labeldistill pretrain-backbone``), trained
+    once beside the teachers and loaded by every camera stage, baseline and variants alike."""
+
+    steps: int
+    batch_size: int = 8
+    lr: float = 2.0e-3
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The synthetic set a budget is measured on (``benchmarks/accuracy.py``, the demo):
+    ``labeldistill synth`` options; ``data_seed`` and ``samples_per_scene`` are the
+    benchmark's defaults (it takes both on its command line)."""
+
+    version: str = "v1.0-mini"
+    train_scenes: int = 8
+    val_scenes: int = 2
+    samples_per_scene: int = 10
+    image_size: tuple[int, int] = (352, 198)  # W, H
+    segmentation: bool = False
+    data_seed: int = 0
+
+    @property
+    def splits(self) -> tuple[str, str]:
+        """(train split, val split) of the version."""
+        return ("mini_train", "mini_val") if self.version == "v1.0-mini" else ("train", "val")
+
+    def overrides(self) -> tuple[str, ...]:
+        """Config overrides that point a stage at this set's version and splits."""
+        train, val = self.splits
+        return (
+            f"data.version={self.version}",
+            f"data.train_split={train}",
+            f"data.val_split={val}",
+        )
+
+
+@dataclass(frozen=True)
 class Budget:
     """Configs and training lengths of every stage (see :data:`BUDGETS`)."""
 
     name: str
     stages: Mapping[str, StagePlan]
     description: str = ""
+    backbone: BackbonePlan | None = None
+    data: DataPlan | None = None  # None: the configs' own version and splits
 
 
 def _short(steps: int, ema_decay: float, *extra: str) -> tuple[str, ...]:
@@ -92,11 +134,15 @@ def _cpu_budget(
     decay: float,
     description: str,
     student_decay: float | None = None,
+    backbone: BackbonePlan | None = None,
+    data: DataPlan | None = None,
+    student_extra: tuple[str, ...] = (),
 ) -> Budget:
     """A budget of the tiny configs on the synthetic set: steps per stage and the EMA decay
-    (``student_decay``: the camera students' own, default ``decay``)."""
+    (``student_decay``: the camera students' own, default ``decay``); ``student_extra``:
+    overrides shared by every camera student (baseline and variants alike)."""
     lidar = _CPU_LIDAR
-    cam = _CPU_STUDENT
+    cam = _CPU_STUDENT + student_extra
     students = {
         "baseline": ("bevdepth_tiny", cam),
         "labeldistill": ("labeldistill_tiny", cam + lidar),
@@ -111,37 +157,67 @@ def _cpu_budget(
     cam_decay = decay if student_decay is None else student_decay
     for key, (config, extra) in students.items():
         plans[key] = StagePlan(config, _short(student, cam_decay, *extra))
-    return Budget(name, plans, description + " (synthetic v1.0-mini)")
+    data = data if data is not None else DataPlan()
+    where = "synthetic v1.0-mini" if data.version == "v1.0-mini" else "synthetic v1.0-trainval"
+    return Budget(name, plans, f"{description} ({where})", backbone=backbone, data=data)
 
 
-#: ``tiny``: the `make demo` budget on the synthetic set (80 training samples, batch 2):
-#: LiDAR teacher 100 steps, label encoder 100, baseline and every LabelDistill variant 80 each.
-#: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py): LiDAR teacher and label
-#: encoder 300 steps, each camera student 200 (8 student runs of 2 seeds fit in about an hour
-#: on 2 cores, one seed per core).
-#: ``bench_long``: ``bench`` (same teachers) with 3x the student steps (600, EMA 0.99), for
-#: the question whether the distillation gain appears once the camera students train longer.
+#: The accuracy benchmark's synthetic set (benchmarks/accuracy.py): a v1.0-trainval tree of
+#: 32 official train and 8 official val scene names, 12 key samples each (384 train / 96 val
+#: samples), 352x198 cameras, with the per-pixel class maps of stage 0.
+BENCH_DATA = DataPlan(
+    version="v1.0-trainval",
+    train_scenes=32,
+    val_scenes=8,
+    samples_per_scene=12,
+    image_size=(352, 198),
+    segmentation=True,
+)
+#: The demo's set: the 10 v1.0-mini scenes, 10 samples each, with class maps.
+DEMO_DATA = DataPlan(samples_per_scene=10, segmentation=True)
+
+#: ``tiny``: the `make demo` budget on the synthetic v1.0-mini set (80 training samples, batch
+#: 2): stage 0 150 steps, LiDAR teacher 100 steps, label encoder 100, baseline and every
+#: LabelDistill variant 120 each from the stage-0 backbone.
+#: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py, on :data:`BENCH_DATA`):
+#: stage 0 600 steps, LiDAR teacher 600, label encoder 300, every camera student 480 from the
+#: stage-0 backbone, validated every epoch (the learning curves).
+#: ``bench_scratch``: ``bench`` with random-init camera students (no stage 0), the reference
+#: that shows what stage 0 buys.
 #: ``paper``: the paper configs unchanged (GPU-sized).
 BUDGETS: dict[str, Budget] = {
     "tiny": _cpu_budget(
-        "tiny", 100, 100, 80, 0.9, "CPU demo: teacher 100 steps, label encoder 100, students 80"
+        "tiny",
+        100,
+        100,
+        120,
+        0.9,
+        "CPU demo: stage 0 150 steps, teacher 100, label encoder 100, students 120",
+        backbone=BackbonePlan(150),
+        data=DEMO_DATA,
     ),
     "bench": _cpu_budget(
         "bench",
-        300,
-        300,
-        200,
-        0.97,
-        "accuracy benchmark: teacher 300 steps, label encoder 300, students 200",
-    ),
-    "bench_long": _cpu_budget(
-        "bench_long",
-        300,
-        300,
         600,
+        300,
+        480,
         0.97,
-        "longer accuracy benchmark: teacher 300 steps, label encoder 300, students 600",
+        "accuracy benchmark: stage 0 600 steps, teacher 600, label encoder 300, students 480",
         student_decay=0.99,
+        backbone=BackbonePlan(600),
+        data=BENCH_DATA,
+        student_extra=("trainer.check_val_every_n_epoch=1",),
+    ),
+    "bench_scratch": _cpu_budget(
+        "bench_scratch",
+        600,
+        300,
+        480,
+        0.97,
+        "accuracy benchmark, random-init students: teacher 600, label encoder 300, students 480",
+        student_decay=0.99,
+        data=BENCH_DATA,
+        student_extra=("trainer.check_val_every_n_epoch=1",),
     ),
     "paper": Budget(
         "paper",
@@ -173,10 +249,12 @@ class StageResult:
 
 @dataclass
 class PipelineResult:
-    """Every evaluated stage in run order, and where the runs live."""
+    """Every evaluated stage in run order, where the runs live, and stage 0 when the budget
+    has one (its backbone file and segmentation metrics)."""
 
     out_dir: Path
     rows: list[StageResult] = field(default_factory=list)
+    backbone: Any = None  # backbone_pretrain.PretrainResult | None
 
     def by_key(self) -> dict[str, StageResult]:
         return {r.key: r for r in self.rows}
@@ -258,6 +336,8 @@ def run_pipeline(
 
     t_runs = Path(teacher_dir) / "runs" if teacher_dir is not None else runs
     t_seed = seed if teacher_seed is None else teacher_seed
+    every = (*(plan.data.overrides() if plan.data is not None else ()), *extra)
+    camera: tuple[str, ...] = ()  # overrides of the camera stages (stage 0's backbone)
 
     def stage(key: str, ckpts: Mapping[str, Path]) -> StageResult:
         teacher = key in ("lidar_teacher", "label_encoder")
@@ -268,7 +348,7 @@ def run_pipeline(
             t_runs if teacher else runs,
             t_seed if teacher else seed,
             ckpts,
-            extra,
+            every if teacher else (*every, *camera),
         )
         ckpt, eval_dir, metrics = _run_stage(cfg, fresh)
         row = StageResult(key, cfg.name, ckpt, metrics, eval_dir)
@@ -278,10 +358,27 @@ def run_pipeline(
 
     lidar = stage("lidar_teacher", {})
     label = stage("label_encoder", {"lidar_ckpt": lidar.ckpt})
+    if plan.backbone is not None and (baseline or variants):
+        from labeldistill.training import backbone_pretrain
+
+        cfg0 = stage_config(plan, "baseline", dataroot, t_runs, t_seed, {}, every)
+        b = plan.backbone
+        result.backbone = backbone_pretrain.pretrain_backbone(
+            cfg0,
+            t_runs / "backbone_pretrain",
+            backbone_pretrain.PretrainConfig(
+                steps=b.steps, batch_size=b.batch_size, lr=b.lr, seed=t_seed
+            ),
+            fresh=fresh,
+        )
+        camera = (
+            "student.image_backbone.pretrained=true",
+            f"student.image_backbone.pretrained_path={result.backbone.backbone}",
+        )
     if baseline:
         stage("baseline", {})
     for v in variants:
-        cfg_v = stage_config(plan, v, dataroot, runs, seed, {}, extra)
+        cfg_v = stage_config(plan, v, dataroot, runs, seed, {}, every)
         ckpts: dict[str, Path] = {}
         if cfg_v.distill.use_lidar_teacher:
             ckpts["lidar_ckpt"] = lidar.ckpt
@@ -334,6 +431,39 @@ DEMO_VERSION = "v1.0-mini"
 DEMO_SPLIT = "mini_val"
 
 
+def ensure_synthetic(
+    root: str | Path,
+    plan: DataPlan,
+    seed: int | None = None,
+    samples_per_scene: int | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Generate and prepare the synthetic set of ``plan`` at ``root`` unless its val info file
+    exists (an existing set is reused as it is). ``seed`` / ``samples_per_scene`` override the
+    plan's defaults. Returns ``root``."""
+    from labeldistill.data.infos import info_path
+    from labeldistill.data.prepare import prepare
+    from labeldistill.data.synthetic import SynthConfig, generate
+
+    root = Path(root)
+    if not info_path(root, plan.splits[1]).is_file():
+        cfg = SynthConfig(
+            seed=plan.data_seed if seed is None else seed,
+            samples_per_scene=plan.samples_per_scene
+            if samples_per_scene is None
+            else samples_per_scene,
+            image_width=plan.image_size[0],
+            image_height=plan.image_size[1],
+            segmentation=plan.segmentation,
+            version=plan.version,
+            train_scenes=plan.train_scenes,
+            val_scenes=plan.val_scenes,
+        )
+        generate(root, cfg, workers=workers, overwrite=True)
+        prepare(root, plan.version, workers=workers)
+    return root
+
+
 def run_demo(
     out_dir: str | Path,
     samples_per_scene: int = 10,
@@ -347,27 +477,20 @@ def run_demo(
     predictions and animated GIFs of the first val scene (six cameras + BEV, GT and the
     predictions of the LiDAR teacher / of LabelDistill over time). Everything lives below
     ``out_dir``; an existing dataset is reused."""
-    from labeldistill.data.infos import info_path
-    from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
     from labeldistill.evaluation.nuscenes_eval import evaluate_json, gt_as_results, write_results
     from labeldistill.evaluation.scene_video import visualize_scene
     from labeldistill.evaluation.visualize import visualize
 
     out = Path(out_dir)
-    data = out / "data"
-    if not info_path(data, DEMO_SPLIT).is_file():
-        cfg = SynthConfig(
-            seed=seed, samples_per_scene=samples_per_scene, image_width=352, image_height=198
-        )
-        generate(data, cfg, workers=workers, overwrite=True)
-        prepare(data, DEMO_VERSION, workers=workers)
-    visualize(data, DEMO_VERSION, DEMO_SPLIT, out / "pictures" / "gt", num=2)
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget '{budget}': use one of {', '.join(BUDGETS)}")
+    plan = BUDGETS[budget].data or DEMO_DATA
+    version, split = plan.version, plan.splits[1]
+    data = ensure_synthetic(out / "data", plan, seed, samples_per_scene, workers)
+    visualize(data, version, split, out / "pictures" / "gt", num=2)
     gt_dir = out / "eval_gt_as_results"
-    gt_file = write_results(
-        gt_dir / "results_gt.json", gt_as_results(data, DEMO_VERSION, DEMO_SPLIT)
-    )
-    gt_metrics = evaluate_json(data, DEMO_VERSION, DEMO_SPLIT, gt_file, gt_dir)
+    gt_file = write_results(gt_dir / "results_gt.json", gt_as_results(data, version, split))
+    gt_metrics = evaluate_json(data, version, split, gt_file, gt_dir)
     result = run_pipeline(data, out, budget=budget, seed=seed, fresh=fresh)
     predictions = {
         key: row.eval_dir / "results_nusc.json"
@@ -379,18 +502,18 @@ def run_demo(
     if "labeldistill" in predictions:
         pictures = visualize(
             data,
-            DEMO_VERSION,
-            DEMO_SPLIT,
+            version,
+            split,
             out / "pictures" / "labeldistill",
             results_path=predictions["labeldistill"],
             num=2,
         )
-    scene = first_scene(data, DEMO_SPLIT)
+    scene = first_scene(data, split)
     gifs = [
         visualize_scene(
             data,
-            DEMO_VERSION,
-            DEMO_SPLIT,
+            version,
+            split,
             scene,
             out / "pictures" / f"scene_{key}.gif",
             results_path=path,
