@@ -1,0 +1,86 @@
+"""benchmarks/accuracy.py: the tables (means, spreads, per-seed values, bands, paired
+differences) and the learning curves, from hand-made pipeline results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labeldistill.training.pipeline import PipelineResult, StageResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def acc():
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _metrics(m: float, far: float | None = 0.1) -> dict:
+    out = {"mAP": m, "NDS": m + 0.1, "mATE": 0.5, "mASE": 0.3, "mAOE": 0.7, "mAVE": 1.0}
+    out["mAAE"] = 0.2
+    out["ap_by_distance"] = {"0-20": 2 * m, "20-30": m, ">30": far}
+    return out
+
+
+def _results(tmp_path: Path) -> dict[int, PipelineResult]:
+    values = {  # seed -> (baseline mAP, LabelDistill mAP)
+        0: (0.10, 0.15),
+        1: (0.12, 0.16),
+        2: (0.14, 0.20),
+    }
+    results = {}
+    for seed, (base, ld) in values.items():
+        rows = [StageResult("lidar_teacher", "t", Path("t"), _metrics(0.5))]
+        for key, m in (("baseline", base), ("labeldistill", ld)):
+            run = tmp_path / f"s{seed}" / key
+            eval_dir = run / "eval" / "last"
+            eval_dir.mkdir(parents=True)
+            (run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 300}}))
+            for epoch, step in ((0, 100), (1, 200)):
+                d = run / "eval" / f"val_epoch_{epoch}"
+                d.mkdir(parents=True)
+                mm = {"mAP": m * step / 300, "NDS": 0.2, "global_step": step}
+                (d / "metrics.json").write_text(json.dumps(mm))
+            rows.append(StageResult(key, key, Path("c"), _metrics(m), eval_dir))
+        results[seed] = PipelineResult(tmp_path / f"s{seed}", rows)
+    return results
+
+
+def test_tables_means_per_seed_and_paired_differences(acc, tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    text = acc.tables(acc.collect(results), "bench", [0, 1, 2])
+    lines = text.splitlines()
+    base = next(ln for ln in lines if ln.startswith("| baseline BEVDepth | 0.1"))
+    # mean 0.12, sample std 0.02 over the three seeds; NDS = mAP + 0.1
+    assert base.startswith("| baseline BEVDepth | 0.1200 ± 0.0200 | 0.2200 ± 0.0200 |")
+    assert base.endswith("| 3 |")
+    assert "| LabelDistill | 0.1500 / 0.1600 / 0.2000 | 0.2500 / 0.2600 / 0.3000 |" in lines
+    # distance bands: 0-20 = 2 mAP
+    assert any(
+        ln.startswith("| LabelDistill | 0.3400 ± 0.0529 | 0.1700 ± 0.0265 |") for ln in lines
+    )
+    # paired: differences 0.05, 0.04, 0.06 -> 0.05 ± 0.01; >30 m both 0.1 -> 0
+    assert "| LabelDistill | 0.0500 ± 0.0100 | 0.0500 ± 0.0100 | 0.0000 ± 0.0000 |" in lines
+
+
+def test_learning_curves_and_png(acc, tmp_path: Path) -> None:
+    curves = acc.learning_curves(_results(tmp_path))
+    assert set(curves) == {"baseline", "labeldistill"}
+    assert curves["baseline"][1] == [
+        [100, pytest.approx(0.04), 0.2],
+        [200, pytest.approx(0.08), 0.2],
+        [300, 0.12, pytest.approx(0.22)],
+    ]
+    png = acc.plot_curves(curves, tmp_path / "curves.png")
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size[0] > 500 and img.size[1] > 200
