@@ -57,6 +57,34 @@ def test_out_of_range_objects_paint_the_border_only_in_faithful_mode() -> None:
     assert corrected.mask.sum() == 0
 
 
+def test_faithful_negative_side_paints_nothing_and_crops() -> None:
+    # METHOD.md 6.1 step 3 (corrected): scikit-image's polygon never returns negative indices,
+    # the clip acts on the high side only. Beyond -x / -y: nothing; a tiny (degenerate) object
+    # there neither; +y: row 127.
+    for x, y, l, w in ((-60.0, 0.0, 4.0, 1.6), (0.0, -60.0, 4.0, 1.6), (-60.0, 5.0, 0.3, 0.3)):
+        maps = rasterize_labels(
+            [torch.tensor([_box(x, y, l, w)])], [torch.tensor([CONE])], GRID, mode="faithful"
+        )
+        assert maps.mask.sum() == 0 and maps.label.sum() == 0 and maps.box.abs().sum() == 0
+    plus_y = rasterize_labels(
+        [torch.tensor([_box(0.0, 60.0, 4.0, 1.6)])], [torch.tensor([CAR])], GRID, mode="faithful"
+    )
+    # x cells 62..65 as in the first test; every row index clipped onto 127
+    assert _cells(plus_y.mask[0]) == {(127, c) for c in range(62, 66)}
+
+
+def test_faithful_partly_outside_on_the_negative_side_is_cropped() -> None:
+    # A square 8 x 8 m at yaw 45 deg centred at x = -53.12 m (cell -2.4), y = 0.32 m (cell
+    # 64.4): half-extents 10 / 4 = 2.5 cells, corner offsets +-3.54 along x or y; corners
+    # (-5.94, 64.4), (-2.4, 67.94), (1.14, 64.4), (-2.4, 60.86),
+    # truncated to (-5, 64), (-2, 67), (1, 64), (-2, 60). Lattice points with col >= 0: col 0
+    # between the edges y >= 60 + 4/3 * 2 = 62.67 and y <= 65 -> rows 63..65; col 1: the corner
+    # (64, 1). Clamping instead would also paint rows 60..67 of column 0.
+    box = torch.tensor([_box(-53.12, 0.32, 8.0, 8.0, yaw=torch.pi / 4)])
+    maps = rasterize_labels([box], [torch.tensor([CAR])], GRID, mode="faithful")
+    assert _cells(maps.mask[0]) == {(63, 0), (64, 0), (65, 0), (64, 1)}
+
+
 def test_tiny_objects_get_at_least_one_cell_and_later_tasks_overwrite() -> None:
     # A cone (0.3 m) and a pedestrian on top of a car: car is drawn first (task 0), the
     # pedestrian/cone task last, whatever the annotation order.
