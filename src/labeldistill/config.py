@@ -127,6 +127,11 @@ class ViewTransformConfig:
     context_channels: int = 150  # C per frame
     downsample: int = 16
     pool_impl: Literal["fast", "reference"] = "fast"
+    # Frustum geometry (METHOD.md 14 quirk 28): "fp16_faithful" emulates the published model's
+    # fp16 geometry under 16-mixed (far points whose u_orig * d overflows fp16 are dropped) on
+    # every device and precision; "fp32" computes it in float32. Never the ambient autocast.
+    # The paper configs set fp16_faithful (released weights were trained with the drop).
+    geometry_precision: Literal["fp16_faithful", "fp32"] = "fp32"
 
 
 @dataclass(frozen=True)
