@@ -215,3 +215,19 @@ def test_sparse_shape_and_config_errors():
         )
     with pytest.raises(ConfigError, match="point_range"):
         LidarTeacher(TINY, GridConfig(x_bound=(-40.0, 40.0, 0.8)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sparse_trunk_runs_in_fp32_under_autocast(dtype: torch.dtype) -> None:
+    # METHOD.md 14 quirk 29: voxelisation, mean VFE and the sparse encoder are fp32 under
+    # mixed precision; SECOND (and the neck) follow autocast.
+    teacher = LidarTeacher(TINY, GridConfig()).eval()
+    points = torch.stack([synthetic_sweep(1500, seed=3, pad_to=2000), synthetic_sweep(2000, 4)])
+    with torch.no_grad():
+        ref = teacher.bev_features(points)
+        with torch.autocast("cpu", dtype=dtype):
+            mixed = teacher.bev_features(points)
+            levels = teacher.pts_backbone(mixed)
+    assert ref.dtype == torch.float32 and mixed.dtype == torch.float32
+    assert ref.abs().sum() > 0 and torch.equal(mixed, ref)
+    assert all(level.dtype == dtype for level in levels)
