@@ -91,6 +91,9 @@ class DataConfig:
     bgr_quirk: bool = True  # feed BGR normalised with RGB statistics, as the original (quirk 16)
     return_depth: bool = True  # depth GT for the depth loss (training split only)
     return_lidar: bool = False  # multi-sweep LiDAR points (teacher input)
+    # camera images; the datamodule switches them off for stages that read none (LiDAR teacher,
+    # label encoder): their items then hold an empty [F, N, 3, 0, 0] image tensor
+    return_images: bool = True
     lidar_sweeps: int = 8  # scans besides the key scan (METHOD.md 3.4: up to 9 scans in all)
     max_points: int = 320000
     lidar_range_cut: float = 58.0  # planar distance in the sensor frame (m)
