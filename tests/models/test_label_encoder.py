@@ -129,3 +129,70 @@ def test_label_encoder_forward_small_grid() -> None:
     e0, _ = enc(empty.box, empty.label)
     f0, _ = enc(maps.box, maps.label)
     assert (f0 - e0).abs().max() > 1e-3
+
+
+def _bn(x: torch.Tensor, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
+    d = x.dtype
+    scale = bn.weight.to(d) / torch.sqrt(bn.running_var.to(d) + bn.eps)
+    return (x - bn.running_mean.to(d)[:, None, None]) * scale[:, None, None] + bn.bias.to(d)[
+        :, None, None
+    ]
+
+
+def test_label_encoder_against_a_written_out_forward() -> None:
+    # METHOD.md 6.2 by hand in float64: row-major (y, x) tokens, box / label MLPs summed, mlp2,
+    # LayerNorm(256) over channels, BasicBlock, then per level a replicate-padded 3x3 conv,
+    # LayerNorm over the whole [C, H, W] with element-wise affine, ReLU.
+    import torch.nn.functional as F
+
+    grid = GridConfig(x_bound=(-4.8, 4.8, 0.8), y_bound=(-3.2, 3.2, 0.8))  # X = 12, Y = 8
+    torch.manual_seed(5)
+    enc = LabelEncoder(LabelEncoderConfig(hidden_channels=8, out_channels=(4, 6)), grid)
+    with torch.no_grad():
+        for m in enc.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    enc.eval()
+    boxes = torch.tensor([_box(1.0, -0.5, 4.0, 1.6, yaw=0.3, vx=2.0), _box(-3.0, 2.0, 0.6, 0.6)])
+    maps = rasterize_labels([boxes], [torch.tensor([CAR, PED])], grid)
+    assert maps.mask.shape == (1, 8, 12)
+    f0, f1 = enc(maps.box, maps.label)
+
+    d = torch.float64
+
+    def lin(m, x):  # noqa: ANN001, ANN202
+        return x @ m.weight.to(d).T + m.bias.to(d)
+
+    def mlp(m, x):  # noqa: ANN001, ANN202
+        return lin(m.fc2, torch.relu(lin(m.fc1, x)))
+
+    Y, X = 8, 12
+    # token n = y * X + x holds cell (y, x)
+    box_tok = torch.stack([maps.box[0, n // X, n % X] for n in range(Y * X)]).to(d)
+    lab_tok = torch.stack([maps.label[0, n // X, n % X] for n in range(Y * X)]).to(d)
+    t = mlp(enc.mlp2, mlp(enc.mlp_box, box_tok) + mlp(enc.mlp_label, lab_tok))  # [N, 8]
+    mu, var = t.mean(-1, keepdim=True), t.var(-1, unbiased=False, keepdim=True)
+    t = (t - mu) / torch.sqrt(var + enc.ln2.eps) * enc.ln2.weight.to(d) + enc.ln2.bias.to(d)
+    x = t.T.reshape(1, 8, Y, X)
+    blk = enc.conv1
+    h = torch.relu(_bn(F.conv2d(x, blk.conv1.weight.to(d), padding=1), blk.bn1))
+    x = torch.relu(_bn(F.conv2d(h, blk.conv2.weight.to(d), padding=1), blk.bn2) + x)
+    refs = []
+    for block, stride in zip(enc.conv_blocks, (1, 2)):
+        conv, ln = block[0], block[1]
+        y = F.conv2d(
+            F.pad(x, (1, 1, 1, 1), mode="replicate"), conv.weight.to(d), conv.bias.to(d), stride
+        )
+        mu = y.mean(dim=(1, 2, 3), keepdim=True)
+        var = y.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+        y = (y - mu) / torch.sqrt(var + ln.eps) * ln.weight.to(d) + ln.bias.to(d)
+        refs.append(torch.relu(y))
+    assert f0.shape == (1, 4, 8, 12) and f1.shape == (1, 6, 4, 6)
+    torch.testing.assert_close(f0.double(), refs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f1.double(), refs[1], rtol=1e-5, atol=1e-5)
