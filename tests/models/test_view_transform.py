@@ -277,3 +277,31 @@ def test_geometry_precision_is_a_config_value() -> None:
     with pytest.raises(ConfigError, match="geometry_precision"):
         LSSBackbone(bad, TINY_GRID, (32, 96))
     assert LSSBackbone(cfg, TINY_GRID, (32, 96)).geometry_precision == "fp32"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16_faithful"])
+def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(precision: str) -> None:
+    # The backbone hands the pooling the geometry of its configured precision, bit-identical
+    # to the one computed outside autocast, while the image network runs in bf16.
+    cfg = tiny_student_config()
+    cfg = dataclasses.replace(
+        cfg,
+        view_transform=dataclasses.replace(cfg.view_transform, geometry_precision=precision),
+        depth_net=dataclasses.replace(cfg.depth_net, use_dcn=False),  # no bf16 DCN on CPU
+    )
+    net = LSSBackbone(cfg, TINY_GRID, (32, 96)).eval()
+    imgs, e, k, ida, bda = _inputs(1, 1, 2)
+    seen = []
+
+    def pool(geom, depth, context, grid):  # noqa: ANN001, ANN202
+        seen.append((geom, depth.dtype))
+        b, n, c = context.shape[:3]
+        return context.new_zeros(b, c, grid.size[1], grid.size[0])
+
+    net.pool = pool
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        net(imgs, e, k, ida, bda)
+    ((geom, depth_dtype),) = seen
+    assert depth_dtype == torch.bfloat16  # the image network did run under autocast
+    ref = frustum_geometry(net.frustum, e[:, 0], k[:, 0], ida[:, 0], bda, precision=precision)
+    assert geom.dtype == torch.float32 and torch.equal(geom, ref)
