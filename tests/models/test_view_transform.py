@@ -305,3 +305,26 @@ def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(preci
     assert depth_dtype == torch.bfloat16  # the image network did run under autocast
     ref = frustum_geometry(net.frustum, e[:, 0], k[:, 0], ida[:, 0], bda, precision=precision)
     assert geom.dtype == torch.float32 and torch.equal(geom, ref)
+
+
+def test_faithful_emulation_equals_a_real_fp16_computation(fixture_root) -> None:  # noqa: ANN001
+    # The published geometry under 16-mixed: inverses in fp32, every matmul and product in fp16.
+    # Run here with real half tensors on CPU: the emulation gives the same values bit for bit,
+    # and the overflowed points are NaN in all three coordinates (0 * inf in the later matmuls).
+    from labeldistill.models.view_transform import DROPPED_POINT
+
+    e, k, ida, bda = _fixture_rig(fixture_root)
+    frustum = make_frustum((256, 704), 16, (2.0, 58.0, 0.5))
+    h = torch.float16
+    b, n = ida.shape[:2]
+    pts = frustum.to(h).view(1, 1, *frustum.shape, 1)
+    pts = torch.inverse(ida).to(h).view(b, n, 1, 1, 1, 4, 4) @ pts
+    pts = torch.cat([pts[..., :2, :] * pts[..., 2:3, :], pts[..., 2:, :]], dim=-2)
+    combine = e.to(h) @ torch.inverse(k).to(h)
+    pts = combine.view(b, n, 1, 1, 1, 4, 4) @ pts
+    real = (bda.to(h).view(b, 1, 1, 1, 1, 4, 4) @ pts)[..., :3, 0].float()
+    emulated = frustum_geometry(frustum, e, k, ida, bda, precision="fp16_faithful")
+    overflow = ~torch.isfinite(real).all(-1)
+    assert int(overflow.sum()) == 24096 and torch.isnan(real[overflow]).all()
+    assert torch.equal((emulated == DROPPED_POINT).all(-1), overflow)
+    assert torch.equal(emulated[~overflow], real[~overflow])
