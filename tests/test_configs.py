@@ -13,6 +13,7 @@ from labeldistill.models.build import bev_trunk_in_channels, build_student, num_
 
 EXPECTED = {
     "bevdepth_r50_256x704_128x128_e24_2key",
+    "bevdepth_r50_256x704_128x128_e24_2key_base_exp",
     "bevdepth_tiny",
     "centerpoint_tiny",
     "centerpoint_vox01_128x128_20e_10sweeps",
@@ -84,3 +85,28 @@ def test_teacher_configs() -> None:
     assert tiny.grid == student.grid  # the teacher and the student share the BEV grid
     assert tiny.data.dataroot == student.data.dataroot
     assert (tiny.data.train_split, tiny.data.val_split) == ("mini_train", "mini_val")
+
+
+def test_bevdepth_base_exp_recipe() -> None:
+    # BEVDepth's own base_exp recipe next to our baseline (issue 11 item 6; METHOD.md 9.3).
+    from labeldistill.training.optim import build_optimizer, effective_lr
+
+    cfg = load_config("bevdepth_r50_256x704_128x128_e24_2key_base_exp")
+    base = load_config("bevdepth_r50_256x704_128x128_e24_2key")
+    assert cfg.stage == "student" and cfg.data.key_idxes == base.data.key_idxes
+    assert cfg.student.view_transform.context_channels == 80
+    assert bev_trunk_in_channels(cfg) == 240 and cfg.student.bev_encoder.base_channels == 160
+    assert cfg.data.train_history_fallback == "current" == cfg.data.eval_history_fallback
+    assert base.data.train_history_fallback == "last_valid"
+    assert cfg.optim.weight_decay == 1e-7 and cfg.optim.backbone_lr_mult == 1.0
+    assert effective_lr(cfg.optim, 16) == pytest.approx(2e-4 / 64 * 16)
+    assert effective_lr(cfg.optim, 64) == pytest.approx(2e-4)
+    assert effective_lr(base.optim, 16) == 4e-4
+    assert not cfg.trainer.ema and base.trainer.ema
+    assert cfg.student.head.code_weights == (1.0,) * 8 + (0.5, 0.5)
+    assert cfg.student.view_transform.geometry_precision == "fp16_faithful"
+    model = build_student(cfg)
+    assert tuple(model.head.trunk.conv1.weight.shape) == (160, 240, 7, 7)
+    opt = build_optimizer(model, cfg.optim, 16)
+    assert all(g["lr"] == pytest.approx(5e-5) for g in opt.param_groups)
+    assert {g["weight_decay"] for g in opt.param_groups} == {1e-7}

@@ -91,6 +91,9 @@ class DataConfig:
     bgr_quirk: bool = True  # feed BGR normalised with RGB statistics, as the original (quirk 16)
     return_depth: bool = True  # depth GT for the depth loss (training split only)
     return_lidar: bool = False  # multi-sweep LiDAR points (teacher input)
+    # camera images; the datamodule switches them off for stages that read none (LiDAR teacher,
+    # label encoder): their items then hold an empty [F, N, 3, 0, 0] image tensor
+    return_images: bool = True
     lidar_sweeps: int = 8  # scans besides the key scan (METHOD.md 3.4: up to 9 scans in all)
     max_points: int = 320000
     lidar_range_cut: float = 58.0  # planar distance in the sensor frame (m)
@@ -131,6 +134,11 @@ class ViewTransformConfig:
     context_channels: int = 150  # C per frame
     downsample: int = 16
     pool_impl: Literal["fast", "reference"] = "fast"
+    # Frustum geometry (METHOD.md 14 quirk 28): "fp16_faithful" emulates the published model's
+    # fp16 geometry under 16-mixed (far points whose u_orig * d overflows fp16 are dropped) on
+    # every device and precision; "fp32" computes it in float32. Never the ambient autocast.
+    # The paper configs set fp16_faithful (released weights were trained with the drop).
+    geometry_precision: Literal["fp16_faithful", "fp32"] = "fp32"
 
 
 @dataclass(frozen=True)

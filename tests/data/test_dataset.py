@@ -605,3 +605,58 @@ def test_synthetic_set_end_to_end(synthetic_root: Path) -> None:
     np.testing.assert_array_equal(s.gt_labels.numpy(), gt.labels)
     # Frame 1 is two key samples back in the same scene: earlier camera timestamps.
     assert (s.timestamps[1] < s.timestamps[0]).all()
+
+
+def test_future_sweeps_get_a_negative_time_lag(tmp_path: Path) -> None:
+    # METHOD.md 3.4 / quirk 4: column 4 = t_key - t_scan in seconds, so a future sweep (after the
+    # key scan, as gen_info's future slots) has a negative lag.
+    pts = np.array([[1.0, 2.0, 0.5, 10.0, 3.0], [4.0, -1.0, 0.2, 20.0, 7.0]])
+    info = _lidar_info(tmp_path, pts, [pts + 0.1, pts + 0.2])
+    key_t = info["lidar_infos"]["LIDAR_TOP"]["timestamp"]
+    info["lidar_sweeps"][1]["LIDAR_TOP"]["timestamp"] = key_t + 150_000  # 0.15 s later
+    out = lidar_points(
+        info,
+        tmp_path,
+        num_sweeps=2,
+        max_points=6,
+        range_cut=58.0,
+        bda=np.eye(4),
+        rng=np.random.default_rng(0),
+    )
+    np.testing.assert_allclose(out[:, 4], [0.0, 0.0, 0.05, 0.05, -0.15, -0.15], atol=1e-7)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_image_pipeline_against_plain_pil(fixture_root: Path, train: bool) -> None:
+    # The whole image path (decode, ida resize / crop / flip / rotate, BGR quirk, normalisation)
+    # of CAM_FRONT_RIGHT against Pillow and numpy written out here, with the ida the dataset drew.
+    from PIL import Image
+
+    infos = _infos(fixture_root)
+    cfg = _cfg(image_size=(256, 704))
+    ds = NuScenesDataset(cfg, infos, fixture_root, train=train, seed=11)
+    item = ds[0]
+    ci = CAMERAS.index("CAM_FRONT_RIGHT")
+    rng = ds.rng(0)  # the dataset's draws: ida per camera in CAMERAS order, then bda
+    params = [augment.sample_ida(rng, cfg, 1600, 900, ds.augment) for _ in CAMERAS][ci]
+    if train:
+        assert params.resize != 0.44 and params.rotate != 0.0
+    rec = infos[0]["cam_infos"]["CAM_FRONT_RIGHT"]
+    with Image.open(fixture_root / rec["filename"]) as f:
+        img = f.convert("RGB")
+    img = img.resize(params.resize_dims, Image.Resampling.BICUBIC).crop(params.crop)
+    if params.flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if params.rotate:
+        img = img.rotate(params.rotate, resample=Image.Resampling.NEAREST)
+    rgb = np.asarray(img, dtype=np.float64)  # [H, W, 3]
+    mean = np.array([123.675, 116.28, 103.53])
+    std = np.array([58.395, 57.12, 57.375])
+    ref = ((rgb[..., ::-1] - mean) / std).transpose(2, 0, 1)  # BGR with RGB statistics
+    got = item.imgs[0, ci].double().numpy()
+    assert got.shape == ref.shape == (3, 256, 704)
+    diff = np.abs(got - ref)
+    # the dataset resamples only the kept region (Pillow box): <0.1 % off by one grey level
+    assert diff.max() <= 1.0 / 57.12 + 1e-6
+    assert (diff > 1e-6).mean() < 1e-3
+    assert got[0, 100, 300] == pytest.approx(ref[0, 100, 300], abs=0.02)

@@ -135,3 +135,101 @@ def test_published_state_dict_names_and_shapes() -> None:
     assert not any(k.endswith("atrous_conv.bias") for k in sd)
     assert "depth_conv.3.conv1.bias" not in sd and "depth_conv.4.bias" not in sd
     assert "depth_conv.3.global_avg_pool.1.bias" not in sd
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_camera_vector_batch_norm_in_fp32_under_autocast(dtype: torch.dtype) -> None:
+    # METHOD.md 14 quirk 31: the 27-value vector enters BatchNorm1d in fp32, whatever the dtype
+    # of the image features under autocast.
+    net = DepthNet(DepthNetConfig(mid_channels=16, use_aspp=False, use_dcn=False), 16, 4, 8)
+    net.train()
+    e, k, ida, bda = _mats(1, 6)
+    cam = camera_vector(e, k, ida, bda)
+    seen: list[torch.Tensor] = []
+    net.bn.register_forward_hook(lambda m, i, o: seen.append(o))
+    ref = net.bn(cam.reshape(6, 27)).detach()
+    net.bn.reset_running_stats()
+    x = torch.randn(6, 16, 2, 3).to(dtype)  # the neck output under autocast
+    with torch.autocast("cpu", dtype=dtype):
+        out = net(x, cam)
+    assert seen[-1].dtype == torch.float32
+    torch.testing.assert_close(seen[-1], ref, rtol=0, atol=0)
+    assert out.context.dtype == dtype  # the rest follows autocast
+
+
+def _quat_to_matrix(q) -> list[list[float]]:  # noqa: ANN001
+    w, x, y, z = (float(v) for v in q)
+    return [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+
+
+def test_depth_net_camera_branch_on_the_fixture_rig_against_a_reference(fixture_root) -> None:
+    # 27-D vector -> BN (eval, running stats) -> MLPs -> SE gates, written out by hand from the
+    # info file of the real fixture (test-time ida: resize 0.44, crop y 140; bda identity).
+    import pickle
+
+    from labeldistill.config import DataConfig
+    from labeldistill.data.dataset import NuScenesDataset
+    from labeldistill.structures import CAMERAS
+
+    with open(fixture_root / "infos.pkl", "rb") as f:
+        infos = pickle.load(f)
+    s = NuScenesDataset(
+        DataConfig(key_idxes=(), return_depth=False), infos, fixture_root, train=False
+    )[0]
+    cam = camera_vector(
+        s.ego_from_camera[None, 0], s.intrinsics[None, 0], s.ida[None, 0], s.bda[None]
+    )
+    rows = []
+    for name in CAMERAS:
+        calib = infos[0]["cam_infos"][name]["calibrated_sensor"]
+        kk = calib["camera_intrinsic"]
+        rot = _quat_to_matrix(calib["rotation"])
+        t = calib["translation"]
+        ext = [rot[r] + [t[r]] for r in range(3)]
+        rows.append(
+            [kk[0][0], kk[1][1], kk[0][2], kk[1][2], 0.44, 0.0, 0.0, 0.0, 0.44, -140.0]
+            + [1.0, 0.0, 0.0, 1.0, 1.0]
+            + [v for r in ext for v in r]
+        )
+    v_ref = torch.tensor(rows, dtype=torch.float64)
+    torch.testing.assert_close(cam[0].double(), v_ref, rtol=1e-6, atol=1e-5)
+    assert cam[0, CAMERAS.index("CAM_FRONT"), 0].item() == pytest.approx(1266.417, abs=1e-3)
+
+    torch.manual_seed(3)
+    net = DepthNet(DepthNetConfig(mid_channels=16, use_aspp=False, use_dcn=False), 16, 5, 8)
+    with torch.no_grad():
+        net.bn.running_mean.copy_(v_ref.mean(0).float())
+        net.bn.running_var.copy_(v_ref.var(0).float() + 0.5)
+        net.bn.weight.uniform_(0.5, 1.5)
+        net.bn.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.randn(6, 16, 2, 3)
+    out = net(x, cam)
+
+    d = torch.float64
+    bn = net.bn
+    v = (v_ref - bn.running_mean.to(d)) / torch.sqrt(bn.running_var.to(d) + bn.eps)
+    v = v * bn.weight.to(d) + bn.bias.to(d)
+
+    def mlp(m, z):  # noqa: ANN001, ANN202
+        h = torch.relu(z @ m.fc1.weight.to(d).T + m.fc1.bias.to(d))
+        return h @ m.fc2.weight.to(d).T + m.fc2.bias.to(d)
+
+    def gate(se, z):  # noqa: ANN001, ANN202
+        w1, b1 = se.conv_reduce.weight.to(d)[:, :, 0, 0], se.conv_reduce.bias.to(d)
+        w2, b2 = se.conv_expand.weight.to(d)[:, :, 0, 0], se.conv_expand.bias.to(d)
+        return torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)  # [6, mid]
+
+    with torch.no_grad():
+        feat = net.reduce_conv(x).to(d)  # [6, mid, 2, 3]
+        ctx = feat * gate(net.context_se, mlp(net.context_mlp, v))[..., None, None]
+        wc, bc = net.context_conv.weight.to(d)[:, :, 0, 0], net.context_conv.bias.to(d)
+        ctx = torch.einsum("oc,bchw->bohw", wc, ctx) + bc[None, :, None, None]
+        dep = feat * gate(net.depth_se, mlp(net.depth_mlp, v))[..., None, None]
+        dep = net.depth_conv(dep.float()).double()
+    torch.testing.assert_close(out.context.double(), ctx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.depth_logits.double(), dep, rtol=1e-4, atol=1e-5)

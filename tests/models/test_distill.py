@@ -100,3 +100,31 @@ def test_adaptor_shapes_and_published_names() -> None:
     assert "blocks.0.3.conv1.weight" in keys and "blocks.1.3.bn2.running_var" in keys
     a, b = ad((torch.randn(2, 150, 8, 8), torch.randn(2, 100, 4, 4)))
     assert a.shape == (2, 128, 8, 8) and b.shape == (2, 256, 4, 4)
+
+
+def test_feature_loss_sends_no_gradient_to_the_teacher_features() -> None:
+    # METHOD.md 8.3: teacher features are constants of the loss; the adaptor outputs get the
+    # gradient 2 W (A - T) / sum W.
+    from labeldistill.models.distill import feature_distill_loss
+    from labeldistill.structures import Targets
+
+    torch.manual_seed(0)
+    heat = torch.zeros(1, 1, 8, 8)
+    heat[0, 0, 2, 3] = 1.0
+    heat[0, 0, 5, 5] = 0.5
+    targets = Targets(heatmaps=[heat], anno_boxes=[], inds=[], masks=[])
+    teacher = [
+        torch.randn(1, 3, 8, 8, requires_grad=True),
+        torch.randn(1, 4, 4, 4, requires_grad=True),
+    ]
+    adapted = [
+        torch.randn(1, 3, 8, 8, requires_grad=True),
+        torch.randn(1, 4, 4, 4, requires_grad=True),
+    ]
+    loss = feature_distill_loss(teacher, adapted, targets, binary=False)
+    loss.backward()
+    assert teacher[0].grad is None and teacher[1].grad is None
+    w = heat[0, 0]
+    expected = 2 * w * (adapted[0] - teacher[0]).detach()[0] / w.sum()
+    torch.testing.assert_close(adapted[0].grad[0], expected)
+    assert adapted[1].grad.abs().sum() > 0

@@ -116,3 +116,29 @@ def test_init_student_backbone_respects_flag(tmp_path, monkeypatch) -> None:  # 
     torch.testing.assert_close(backbone.layer1[0].conv1.weight, before)
     with pytest.raises(UserError, match=str(tmp_path)):
         init_student_backbone(backbone, ImageBackboneConfig(depth=18, pretrained=True))
+
+
+def test_image_neck_init_kaiming_on_transposed_convs_only() -> None:
+    # METHOD.md 14 quirk 30: ConvTranspose2d (C4: 1x1, C5: 2x2) Kaiming normal, fan_out, ReLU:
+    # std = sqrt(2 / (C_in k^2)) (torch's fan_out of a transposed weight [C_in, C_out, k, k]);
+    # Conv2d (C2: 4x4, C3: 2x2) PyTorch default: U(-b, b), b = 1 / sqrt(C_in k^2), std b / sqrt 3.
+    torch.manual_seed(0)
+    neck = build_image_neck(ImageNeckConfig(), (256, 512, 1024, 2048))
+    convs = [block[0] for block in neck.deblocks]
+    assert [type(c).__name__ for c in convs] == [
+        "Conv2d",
+        "Conv2d",
+        "ConvTranspose2d",
+        "ConvTranspose2d",
+    ]
+    for conv, c_in, k in ((convs[0], 256, 4), (convs[1], 512, 2)):
+        bound = 1.0 / (c_in * k * k) ** 0.5
+        w = conv.weight
+        assert w.abs().max() <= bound
+        assert w.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)
+    for conv, c_in, k in ((convs[2], 1024, 1), (convs[3], 2048, 2)):
+        std = (2.0 / (c_in * k * k)) ** 0.5
+        w = conv.weight
+        assert w.std().item() == pytest.approx(std, rel=0.02)
+        assert abs(w.mean().item()) < 0.02 * std
+        assert w.abs().max() > 3.0 * std  # normal tails, not a uniform init

@@ -215,3 +215,66 @@ def test_sparse_shape_and_config_errors():
         )
     with pytest.raises(ConfigError, match="point_range"):
         LidarTeacher(TINY, GridConfig(x_bound=(-40.0, 40.0, 0.8)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sparse_trunk_runs_in_fp32_under_autocast(dtype: torch.dtype) -> None:
+    # METHOD.md 14 quirk 29: voxelisation, mean VFE and the sparse encoder are fp32 under
+    # mixed precision; SECOND (and the neck) follow autocast.
+    teacher = LidarTeacher(TINY, GridConfig()).eval()
+    points = torch.stack([synthetic_sweep(1500, seed=3, pad_to=2000), synthetic_sweep(2000, 4)])
+    with torch.no_grad():
+        ref = teacher.bev_features(points)
+        with torch.autocast("cpu", dtype=dtype):
+            mixed = teacher.bev_features(points)
+            levels = teacher.pts_backbone(mixed)
+    assert ref.dtype == torch.float32 and mixed.dtype == torch.float32
+    assert ref.abs().sum() > 0 and torch.equal(mixed, ref)
+    assert all(level.dtype == dtype for level in levels)
+
+
+def test_second_and_neck_against_a_written_out_forward() -> None:
+    # METHOD.md 5: SECOND stage i = conv3x3 stride s_i + BN + ReLU, then layer_nums[i] x
+    # (conv3x3 + BN + ReLU), both stage outputs returned; SECOND-FPN with use_conv_for_no_stride:
+    # stride 1 -> 1x1 Conv2d, stride 2 -> ConvTranspose2d k = s = 2, each + BN + ReLU, concat.
+    import torch.nn.functional as F
+
+    torch.manual_seed(2)
+    teacher = LidarTeacher(TINY, GridConfig())
+    with torch.no_grad():
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    teacher.eval()
+    x = torch.randn(2, teacher.pts_middle_encoder.bev_channels, 16, 16)
+    with torch.no_grad():
+        levels = teacher.pts_backbone(x)
+        neck = teacher.pts_neck(levels)
+
+    def bn(y, m):  # noqa: ANN001, ANN202
+        return F.batch_norm(y, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    ref_levels = []
+    y = x
+    for block, stride in zip(teacher.pts_backbone.blocks, TINY.second_strides):
+        convs = [m for m in block if isinstance(m, torch.nn.Conv2d)]
+        bns = [m for m in block if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(convs) == 1 + TINY.second_layer_nums[0] and bns[0].eps == 1e-3
+        for k, (conv, norm) in enumerate(zip(convs, bns)):
+            y = torch.relu(
+                bn(F.conv2d(y, conv.weight, stride=stride if k == 0 else 1, padding=1), norm)
+            )
+        ref_levels.append(y)
+    assert [tuple(r.shape) for r in ref_levels] == [(2, 16, 16, 16), (2, 32, 8, 8)]
+    for got, ref in zip(levels, ref_levels):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    d0, d1 = teacher.pts_neck.deblocks
+    assert isinstance(d0[0], torch.nn.Conv2d) and d0[0].kernel_size == (1, 1)
+    assert isinstance(d1[0], torch.nn.ConvTranspose2d) and d1[0].stride == (2, 2)
+    up0 = torch.relu(bn(F.conv2d(ref_levels[0], d0[0].weight), d0[1]))
+    up1 = torch.relu(bn(F.conv_transpose2d(ref_levels[1], d1[0].weight, stride=2), d1[1]))
+    torch.testing.assert_close(neck, torch.cat([up0, up1], 1), rtol=1e-5, atol=1e-5)
+    assert neck.shape == (2, 32, 16, 16)

@@ -4,8 +4,10 @@ on the key frame's camera vector (quirk 20)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import pytest
 import torch
 
 from labeldistill.config import (
@@ -156,3 +158,173 @@ def test_published_buffers() -> None:
     torch.testing.assert_close(sd["voxel_coord"], torch.tensor([-50.8, -50.8, -1.0]))
     assert sd["voxel_num"].tolist() == [128, 128, 1] and sd["voxel_num"].dtype == torch.int64
     assert sd["frustum"].shape == (112, 16, 44, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry precision (METHOD.md 14 quirk 28; issue 13 item 2)
+# --------------------------------------------------------------------------------------------
+
+
+def _fixture_rig(fixture_root) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+    """Matrices of the real one-sample rig at the test-time ida (resize 0.44, crop (0, 140))."""
+    import pickle
+
+    from labeldistill.config import DataConfig
+    from labeldistill.data.dataset import NuScenesDataset
+
+    with open(fixture_root / "infos.pkl", "rb") as f:
+        infos = pickle.load(f)
+    cfg = DataConfig(key_idxes=(), return_depth=False)
+    s = NuScenesDataset(cfg, infos, fixture_root, train=False)[0]
+    return s.ego_from_camera[None, 0], s.intrinsics[None, 0], s.ida[None, 0], s.bda[None]
+
+
+def test_faithful_geometry_drops_the_fp16_overflow_on_the_fixture_rig(fixture_root) -> None:
+    import numpy as np
+
+    from labeldistill.models.view_transform import DROPPED_POINT
+    from labeldistill.ops.voxel_pool import VoxelGrid, voxel_pool_reference
+
+    e, k, ida, bda = _fixture_rig(fixture_root)
+    assert ida[0, 0, 0, 0] == pytest.approx(0.44) and ida[0, 0, 1, 3] == pytest.approx(-140.0)
+    frustum = make_frustum((256, 704), 16, (2.0, 58.0, 0.5))
+    g32 = frustum_geometry(frustum, e, k, ida, bda, precision="fp32")
+    g16 = frustum_geometry(frustum, e, k, ida, bda, precision="fp16_faithful")
+    dropped = (g16 == DROPPED_POINT).all(-1)[0]  # [N, D, h, w]
+    assert torch.isfinite(g32).all() and not (g32 == DROPPED_POINT).any()
+
+    # Independent reference in numpy: the fp16 matmul sees ida^-1 and u rounded to fp16 and
+    # rounds u_orig = inv[0, 0] u + inv[0, 3] to fp16; the product with d overflows fp16
+    # (-> inf) from 65520 on.
+    def r16(x):  # noqa: ANN001, ANN202
+        return np.asarray(x, dtype=np.float64).astype(np.float16).astype(np.float64)
+
+    u = frustum[..., 0].double().numpy()
+    d = frustum[..., 2].double().numpy()
+    a = ida[0].double().numpy()
+    inv = np.linalg.inv(a)
+    u16 = r16(
+        r16(inv[:, 0, 0, None, None, None]) * r16(u)[None] + r16(inv[:, 0, 3, None, None, None])
+    )
+    expected = u16 * d[None] >= 65520.0
+    u_orig = (u[None] - a[:, 0, 3, None, None, None]) / a[:, 0, 0, None, None, None]
+    assert np.array_equal(dropped.numpy(), expected)
+    # The issue's rule "u_orig * d > 65504" holds except in the rounding band (65504, 65520).
+    product = u_orig * d[None]
+    band = (product > 65504) & (product < 65520)
+    assert np.array_equal(dropped.numpy() | band, (product > 65504) | band)
+    assert int(dropped.sum()) == 24096 and 0 < int(band.sum()) <= 6 * 16 * 2
+
+    # Kept points equal fp32 up to fp16 rounding; METHOD.md quirk 28's figures: 1.8 % of the
+    # in-grid frustum points dropped, 1.9 % change cell.
+    keep = ~dropped
+    assert (g16[0][keep] - g32[0][keep]).abs().max() < 0.25
+    grid = VoxelGrid.from_config(GridConfig())
+    lower = torch.tensor(grid.lower)
+    cell = torch.tensor(grid.cell)
+    idx32 = ((g32[0] - lower) / cell).int()
+    idx16 = ((g16[0] - lower) / cell).int()
+    size = torch.tensor(grid.size)
+    in32 = ((idx32 >= 0) & (idx32 < size)).all(-1)
+    in16 = ((idx16 >= 0) & (idx16 < size)).all(-1)
+    assert not in16[dropped].any()
+    assert (in32 & ~in16).sum() / in32.sum() == pytest.approx(0.0177, abs=5e-4)
+    changed = in32 & in16 & (idx32 != idx16).any(-1)
+    assert changed.sum() / in32.sum() == pytest.approx(0.0184, abs=5e-4)
+
+    # The pooling drops those points: a constant feature counts the pooled points.
+    n, dd, h, w = dropped.shape
+    ones_d, ones_c = torch.ones(1, n, dd, h, w), torch.ones(1, n, 1, h, w)
+    pooled16 = voxel_pool_reference(g16, ones_d, ones_c, grid).sum()
+    pooled32 = voxel_pool_reference(g32, ones_d, ones_c, grid).sum()
+    assert pooled16 == in16.sum() and pooled32 == in32.sum() and pooled16 < pooled32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("precision", ["fp32", "fp16_faithful"])
+def test_geometry_ignores_the_ambient_autocast(dtype: torch.dtype, precision: str) -> None:
+    # Under bf16-mixed the geometry must never be computed in bf16 (issue 13 item 2): the
+    # result under CPU autocast is bit-identical to the one without.
+    e, k = _camera()
+    ida = torch.eye(4)
+    ida[0, 0] = ida[1, 1] = 0.44
+    ida[1, 3] = -140.0
+    frustum = make_frustum((256, 704), 16, (2.0, 58.0, 0.5))
+    args = (frustum, e, k, ida.view(1, 1, 4, 4), torch.eye(4).view(1, 4, 4))
+    plain = frustum_geometry(*args, precision=precision)
+    with torch.autocast("cpu", dtype=dtype):
+        mixed = frustum_geometry(*args, precision=precision)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, plain)
+
+
+def test_geometry_precision_is_a_config_value() -> None:
+    from labeldistill.config import load_config
+    from labeldistill.errors import ConfigError
+
+    assert ViewTransformConfig().geometry_precision == "fp32"
+    for name in (
+        "bevdepth_r50_256x704_128x128_e24_2key",
+        "labeldistill_r50_128x128_e24_2key",
+        "labeldistill_r50_128x128_e24_4key",
+    ):
+        assert load_config(name).student.view_transform.geometry_precision == "fp16_faithful"
+    assert load_config("bevdepth_tiny").student.view_transform.geometry_precision == "fp32"
+    cfg = tiny_student_config()
+    bad = dataclasses.replace(
+        cfg, view_transform=dataclasses.replace(cfg.view_transform, geometry_precision="bf16")
+    )
+    with pytest.raises(ConfigError, match="geometry_precision"):
+        LSSBackbone(bad, TINY_GRID, (32, 96))
+    assert LSSBackbone(cfg, TINY_GRID, (32, 96)).geometry_precision == "fp32"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16_faithful"])
+def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(precision: str) -> None:
+    # The backbone hands the pooling the geometry of its configured precision, bit-identical
+    # to the one computed outside autocast, while the image network runs in bf16.
+    cfg = tiny_student_config()
+    cfg = dataclasses.replace(
+        cfg,
+        view_transform=dataclasses.replace(cfg.view_transform, geometry_precision=precision),
+        depth_net=dataclasses.replace(cfg.depth_net, use_dcn=False),  # no bf16 DCN on CPU
+    )
+    net = LSSBackbone(cfg, TINY_GRID, (32, 96)).eval()
+    imgs, e, k, ida, bda = _inputs(1, 1, 2)
+    seen = []
+
+    def pool(geom, depth, context, grid):  # noqa: ANN001, ANN202
+        seen.append((geom, depth.dtype))
+        b, n, c = context.shape[:3]
+        return context.new_zeros(b, c, grid.size[1], grid.size[0])
+
+    net.pool = pool
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        net(imgs, e, k, ida, bda)
+    ((geom, depth_dtype),) = seen
+    assert depth_dtype == torch.bfloat16  # the image network did run under autocast
+    ref = frustum_geometry(net.frustum, e[:, 0], k[:, 0], ida[:, 0], bda, precision=precision)
+    assert geom.dtype == torch.float32 and torch.equal(geom, ref)
+
+
+def test_faithful_emulation_equals_a_real_fp16_computation(fixture_root) -> None:  # noqa: ANN001
+    # The published geometry under 16-mixed: inverses in fp32, every matmul and product in fp16.
+    # Run here with real half tensors on CPU: the emulation gives the same values bit for bit,
+    # and the overflowed points are NaN in all three coordinates (0 * inf in the later matmuls).
+    from labeldistill.models.view_transform import DROPPED_POINT
+
+    e, k, ida, bda = _fixture_rig(fixture_root)
+    frustum = make_frustum((256, 704), 16, (2.0, 58.0, 0.5))
+    h = torch.float16
+    b, n = ida.shape[:2]
+    pts = frustum.to(h).view(1, 1, *frustum.shape, 1)
+    pts = torch.inverse(ida).to(h).view(b, n, 1, 1, 1, 4, 4) @ pts
+    pts = torch.cat([pts[..., :2, :] * pts[..., 2:3, :], pts[..., 2:, :]], dim=-2)
+    combine = e.to(h) @ torch.inverse(k).to(h)
+    pts = combine.view(b, n, 1, 1, 1, 4, 4) @ pts
+    real = (bda.to(h).view(b, 1, 1, 1, 1, 4, 4) @ pts)[..., :3, 0].float()
+    emulated = frustum_geometry(frustum, e, k, ida, bda, precision="fp16_faithful")
+    overflow = ~torch.isfinite(real).all(-1)
+    assert int(overflow.sum()) == 24096 and torch.isnan(real[overflow]).all()
+    assert torch.equal((emulated == DROPPED_POINT).all(-1), overflow)
+    assert torch.equal(emulated[~overflow], real[~overflow])

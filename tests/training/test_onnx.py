@@ -205,3 +205,61 @@ def test_predict_onnx_cli(exported, synthetic_root: Path, tmp_path: Path) -> Non
     assert matched.mean() > 0.95
     top = np.sort(scores)[-10:]
     assert np.allclose(top, np.sort(ref)[-10:], atol=1e-4)
+
+
+class _Geometry(torch.nn.Module):
+    def __init__(self, frustum: torch.Tensor, precision: str) -> None:
+        super().__init__()
+        self.register_buffer("frustum", frustum)
+        self.precision = precision
+
+    def forward(self, e, k, ida, bda):  # noqa: ANN001, ANN201
+        from labeldistill.training.onnx_export import frustum_geometry_plain
+
+        return frustum_geometry_plain(self.frustum, e, k, ida, bda, precision=self.precision)
+
+
+@pytest.mark.parametrize("precision", ["fp16_faithful", "fp32"])
+def test_onnx_geometry_drops_the_same_points(tmp_path: Path, precision: str) -> None:
+    # The faithful fp16 emulation exports (Cast nodes) and onnxruntime drops exactly the points
+    # PyTorch drops (quirk 28): a 1600-px camera at the test-time ida, depths to 57.5 m.
+    import onnxruntime as ort
+
+    from labeldistill.models.view_transform import DROPPED_POINT, frustum_geometry, make_frustum
+
+    frustum = make_frustum((256, 704), 16, (2.0, 58.0, 0.5))
+    e = torch.eye(4)
+    e[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    e[:3, 3] = torch.tensor([1.7, 0.0, 1.5])
+    k = torch.eye(4)
+    k[0, 0] = k[1, 1] = 1266.4
+    k[0, 2], k[1, 2] = 816.3, 491.5
+    ida = torch.eye(4)
+    ida[0, 0] = ida[1, 1] = 0.44
+    ida[1, 3] = -140.0
+    args = (
+        e.view(1, 1, 4, 4),
+        k.view(1, 1, 4, 4),
+        ida.view(1, 1, 4, 4),
+        torch.eye(4).view(1, 4, 4),
+    )
+    ref = frustum_geometry(frustum, *args, precision=precision)
+    path = tmp_path / "geom.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            _Geometry(frustum, precision),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["e", "k", "ida", "bda"],
+        )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(
+        sess.run(None, {n: a.numpy() for n, a in zip(("e", "k", "ida", "bda"), args)})[0]
+    )
+    dropped_ref = (ref == DROPPED_POINT).all(-1)
+    dropped = (got == DROPPED_POINT).all(-1)
+    assert torch.equal(dropped, dropped_ref)
+    assert int(dropped.sum()) == (4016 if precision == "fp16_faithful" else 0)
+    torch.testing.assert_close(got[~dropped], ref[~dropped], atol=2e-3, rtol=0)

@@ -293,7 +293,8 @@ class NuScenesDataset(Dataset):
 
         f_n = (len(frames), len(CAMERAS))
         h, w = cfg.image_size
-        imgs = torch.empty((*f_n, 3, h, w), dtype=torch.float32)
+        load_images = bool(cfg.return_images)
+        imgs = torch.empty((*f_n, 3, h, w) if load_images else (*f_n, 3, 0, 0), dtype=torch.float32)
         ego_from_camera = np.zeros((*f_n, 4, 4))
         key_from_frame = np.zeros((*f_n, 4, 4))
         intrinsics = np.zeros((*f_n, 4, 4))
@@ -306,7 +307,9 @@ class NuScenesDataset(Dataset):
                 key_cam, cam_info = key_cams[cam], frame_cams[cam]
                 # A frame that fell back to an already loaded image reuses it (same ida).
                 cache_key = (cam_info["filename"], ci)
-                if cache_key in image_cache:
+                if not load_images:
+                    pass
+                elif cache_key in image_cache:
                     imgs[fi, ci].copy_(image_cache[cache_key])
                 else:
                     pil = load_image(self.dataroot / cam_info["filename"])

@@ -2,8 +2,9 @@
 
 On disk we write a versioned superset ``{'schema_version', 'meta', 'infos'}`` whose ``infos``
 list is exactly the legacy layout; :func:`load_infos` also reads the plain lists that
-BEVDepth/LabelDistill users already have. Files are unpickled with an allow-list (builtins and
-numpy arrays only), so an info file can never run code.
+BEVDepth/LabelDistill users already have, and mmdetection3d >= 1.1 info files
+(``{'metainfo', 'data_list'}``, converted by :func:`infos_from_mmdet3d`). Files are unpickled
+with an allow-list (builtins and numpy arrays only), so an info file can never run code.
 
 Info dict (one per key sample, scenes in ``nusc.scene`` order, samples in time order)::
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from labeldistill.data.io import atomic_pickle
 from labeldistill.errors import DataError
+from labeldistill.geometry import matrix_to_quaternion
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +307,9 @@ def read_info_file(path: str | Path) -> InfoFile:
 
     if isinstance(data, list):
         out = InfoFile(infos=data)
+    elif isinstance(data, dict) and "data_list" in data:
+        meta = {"source_layout": "mmdet3d", "metainfo": dict(data.get("metainfo") or {})}
+        out = InfoFile(infos=infos_from_mmdet3d(data, path), meta=meta)
     elif isinstance(data, dict) and "schema_version" in data:
         version = data["schema_version"]
         if not isinstance(version, int) or version < 1:
@@ -328,8 +333,9 @@ def read_info_file(path: str | Path) -> InfoFile:
             else f"a {type(data).__name__}"
         )
         raise DataError(
-            f"info file {path} has an unknown layout ({what}; expected a list of info dicts or "
-            f"a labeldistill info file): {_regen(path)}"
+            f"info file {path} has an unknown layout ({what}; expected a list of info dicts, "
+            f"a labeldistill info file or an mmdetection3d {{'metainfo', 'data_list'}} file): "
+            f"{_regen(path)}"
         )
     _check_infos(out.infos, path)
     return out
@@ -357,3 +363,261 @@ def _check_infos(infos: list, path: Path) -> None:
 def load_infos(path: str | Path) -> list[dict]:
     """The info dicts of an info file (ours or a legacy plain list); see :func:`read_info_file`."""
     return read_info_file(path).infos
+
+
+# ---------------------------------------------------------------------------------------------
+# mmdetection3d >= 1.1 info files
+# ---------------------------------------------------------------------------------------------
+
+#: The nuScenes category written for a box of each detection class (the mmdet3d layout keeps
+#: only the class index; any category of the class gives the same GT).
+MMDET3D_CLASS_CATEGORY: dict[str, str] = {
+    "car": "vehicle.car",
+    "truck": "vehicle.truck",
+    "construction_vehicle": "vehicle.construction",
+    "bus": "vehicle.bus.rigid",
+    "trailer": "vehicle.trailer",
+    "barrier": "movable_object.barrier",
+    "motorcycle": "vehicle.motorcycle",
+    "bicycle": "vehicle.bicycle",
+    "pedestrian": "human.pedestrian.adult",
+    "traffic_cone": "movable_object.trafficcone",
+}
+#: Category of a box whose ``bbox_label_3d`` is -1 (not a detection class): dropped by the GT.
+MMDET3D_IGNORED = "mmdet3d.ignored"
+#: Image size when the layout gives none (every nuScenes camera).
+NUSCENES_IMAGE_SIZE = (900, 1600)  # height, width
+
+
+def _field(obj: dict, key: str, where: str, path: Path) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataError(
+            f"info file {path} (mmdetection3d layout): {where} lacks '{key}': regenerate it with "
+            "mmdetection3d's create_data / update_infos_to_v2 or with `labeldistill prepare`"
+        )
+    return obj[key]
+
+
+def _matrix(value: Any, shape: tuple[int, int], where: str, path: Path) -> np.ndarray:
+    m = np.asarray(value, dtype=np.float64)
+    if m.shape != shape:
+        raise DataError(
+            f"info file {path} (mmdetection3d layout): {where} has shape {m.shape}, expected "
+            f"{shape}"
+        )
+    return m
+
+
+def _pose(m: np.ndarray) -> dict[str, list[float]]:
+    """4x4 -> {'translation', 'rotation' (w, x, y, z)} (a nuScenes pose record)."""
+    return {
+        "translation": [float(v) for v in m[:3, 3]],
+        "rotation": [float(v) for v in matrix_to_quaternion(m[:3, :3])],
+    }
+
+
+def _us(seconds: Any) -> int:
+    """mmdet3d timestamps are seconds (float): -> integer microseconds as nuScenes."""
+    return int(round(float(seconds) * 1e6))
+
+
+def _rel(name: str, folder: str) -> str:
+    """A bare file name of the layout -> the nuScenes-relative path ``folder/name``."""
+    return name if "/" in name else f"{folder}/{name}"
+
+
+def _camera_ego_pose(
+    sample: dict, img: dict, global_from_ego: np.ndarray, where: str, path: Path
+) -> dict[str, list[float]]:
+    """A camera's own ego pose: recovered from ``lidar2cam`` when the layout has it.
+
+    mmdetection3d builds ``lidar2cam`` through the camera's ego pose at its own timestamp, so
+    global <- camera ego = ego2global . lidar2ego . lidar2cam^-1 . cam2ego^-1 (float32 round-off
+    of the stored matrices: ~1e-4 m). Without ``lidar2cam``: the sample's ``ego2global``.
+    """
+    if "lidar2cam" not in img:
+        return _pose(global_from_ego)
+    lidar2ego = _matrix(
+        _field(sample["lidar_points"], "lidar2ego", "lidar_points", path), (4, 4), "lidar2ego", path
+    )
+    cam_from_lidar = _matrix(img["lidar2cam"], (4, 4), f"{where}.lidar2cam", path)
+    ego_from_cam = _matrix(img["cam2ego"], (4, 4), f"{where}.cam2ego", path)
+    m = global_from_ego @ lidar2ego @ np.linalg.inv(cam_from_lidar) @ np.linalg.inv(ego_from_cam)
+    u, _, vt = np.linalg.svd(m[:3, :3])  # re-orthonormalise the float32 product
+    m[:3, :3] = u @ vt
+    return _pose(m)
+
+
+def infos_from_mmdet3d(data: dict, path: str | Path) -> list[dict]:
+    """mmdetection3d >= 1.1 info file (``{'metainfo', 'data_list'}``) -> info dicts of the
+    METHOD.md 3.1 layout.
+
+    Read per sample: ``token``, ``timestamp`` (s), ``ego2global``; ``images[CAM_*]`` with
+    ``img_path``, ``cam2img``, ``cam2ego`` (``timestamp`` optional); ``lidar_points`` with
+    ``lidar_path``, ``lidar2ego``; ``instances`` with ``bbox_3d`` (x, y, z, l, w, h, yaw in the
+    LiDAR frame, z the geometric centre), ``bbox_label_3d`` (index into
+    ``metainfo['categories']``, -1 = no detection class), ``velocity`` (LiDAR frame) and
+    ``num_lidar_pts`` / ``num_radar_pts``; ``lidar_sweeps`` (optional: ``lidar_points.lidar_path``,
+    ``timestamp``, ``ego2global``). Missing required fields raise DataError naming the field.
+
+    Documented defaults for what the layout does not hold: a camera's ego pose (the layout has
+    one ``ego2global``, the LiDAR's) is recovered from its ``lidar2cam`` (built by mmdetection3d
+    through the camera's own ego pose), or is the sample's ``ego2global`` when ``lidar2cam`` is
+    absent; images are 1600 x 900; no
+    camera sweeps; no LiDAR sweeps unless ``lidar_sweeps`` is given (the dataset then repeats
+    the key scan, as the original does for sweep-less samples); ``scene_token`` defaults to one
+    scene per sample (so history key frames fall back to the key frame); boxes get a
+    representative nuScenes category of their class (:data:`MMDET3D_CLASS_CATEGORY`), empty
+    instance / attribute tokens; a NaN velocity becomes 0.
+    """
+    path = Path(path)
+    meta = data.get("metainfo") or {}
+    categories = _field(meta, "categories", "metainfo", path)
+    index_to_class = {int(i): str(name) for name, i in dict(categories).items()}
+    unknown = sorted(set(index_to_class.values()) - set(MMDET3D_CLASS_CATEGORY))
+    if unknown:
+        raise DataError(
+            f"info file {path} (mmdetection3d layout): metainfo['categories'] names {unknown}, "
+            "not nuScenes detection classes"
+        )
+    data_list = data["data_list"]
+    if not isinstance(data_list, list):
+        raise DataError(f"info file {path} (mmdetection3d layout): 'data_list' is not a list")
+    infos = []
+    for i, sample in enumerate(data_list):
+        where = f"data_list[{i}]"
+        token = str(_field(sample, "token", where, path))
+        timestamp = _us(_field(sample, "timestamp", where, path))
+        global_from_ego = _matrix(
+            _field(sample, "ego2global", where, path), (4, 4), f"{where}.ego2global", path
+        )
+        ego_pose = _pose(global_from_ego)
+        images = _field(sample, "images", where, path)
+        cam_infos = {}
+        for cam in CAM_NAMES:
+            img = _field(images, cam, f"{where}.images", path)
+            cw = f"{where}.images.{cam}"
+            k = _matrix(_field(img, "cam2img", cw, path), (3, 3), f"{cw}.cam2img", path)
+            calib = _pose(_matrix(_field(img, "cam2ego", cw, path), (4, 4), f"{cw}.cam2ego", path))
+            calib["camera_intrinsic"] = k.tolist()
+            cam_time = _us(img["timestamp"]) if "timestamp" in img else timestamp
+            cam_infos[cam] = {
+                "sample_token": token,
+                "ego_pose": dict(
+                    _camera_ego_pose(sample, img, global_from_ego, cw, path), timestamp=cam_time
+                ),
+                "timestamp": cam_time,
+                "is_key_frame": True,
+                "height": int(img.get("height", NUSCENES_IMAGE_SIZE[0])),
+                "width": int(img.get("width", NUSCENES_IMAGE_SIZE[1])),
+                "filename": _rel(str(_field(img, "img_path", cw, path)), f"samples/{cam}"),
+                "calibrated_sensor": calib,
+            }
+        lidar = _field(sample, "lidar_points", where, path)
+        lw = f"{where}.lidar_points"
+        global_from_lidar = global_from_ego @ _matrix(
+            _field(lidar, "lidar2ego", lw, path), (4, 4), f"{lw}.lidar2ego", path
+        )
+        lidar_calib = _pose(_matrix(lidar["lidar2ego"], (4, 4), f"{lw}.lidar2ego", path))
+        lidar_calib["camera_intrinsic"] = []
+        lidar_info = {
+            "sample_token": token,
+            "ego_pose": dict(ego_pose, timestamp=timestamp),
+            "timestamp": timestamp,
+            "filename": _rel(str(_field(lidar, "lidar_path", lw, path)), f"samples/{LIDAR_NAME}"),
+            "calibrated_sensor": lidar_calib,
+        }
+        sweeps = []
+        for j, sweep in enumerate(sample.get("lidar_sweeps") or []):
+            sw = f"{where}.lidar_sweeps[{j}]"
+            pts = _field(sweep, "lidar_points", sw, path)
+            sweep_pose = _matrix(
+                _field(sweep, "ego2global", sw, path), (4, 4), f"{sw}.ego2global", path
+            )
+            sweeps.append(
+                {
+                    LIDAR_NAME: {
+                        "sample_token": token,
+                        "ego_pose": _pose(sweep_pose),
+                        "timestamp": _us(_field(sweep, "timestamp", sw, path)),
+                        "is_key_frame": False,
+                        "filename": _rel(
+                            str(_field(pts, "lidar_path", f"{sw}.lidar_points", path)),
+                            f"sweeps/{LIDAR_NAME}",
+                        ),
+                        "calibrated_sensor": dict(lidar_calib),
+                    }
+                }
+            )
+        anns = [
+            _mmdet3d_annotation(inst, global_from_lidar, index_to_class, token, j, where, path)
+            for j, inst in enumerate(sample.get("instances") or [])
+        ]
+        infos.append(
+            {
+                "sample_token": token,
+                "timestamp": timestamp,
+                "scene_token": str(sample.get("scene_token", f"mmdet3d-sample-{token}")),
+                "cam_infos": cam_infos,
+                "lidar_infos": {LIDAR_NAME: lidar_info},
+                "cam_sweeps": [],
+                "lidar_sweeps": sweeps,
+                "ann_infos": anns,
+            }
+        )
+    return infos
+
+
+def _mmdet3d_annotation(
+    inst: dict,
+    global_from_lidar: np.ndarray,
+    index_to_class: dict[int, str],
+    token: str,
+    j: int,
+    where: str,
+    path: Path,
+) -> dict:
+    """One mmdet3d instance (LiDAR frame) -> a global-frame sample_annotation record."""
+    iw = f"{where}.instances[{j}]"
+    box = np.asarray(_field(inst, "bbox_3d", iw, path), dtype=np.float64)
+    if box.shape[0] < 7:
+        raise DataError(
+            f"info file {path} (mmdetection3d layout): {iw}.bbox_3d has {box.shape[0]} "
+            "values, expected 7"
+        )
+    label = int(_field(inst, "bbox_label_3d", iw, path))
+    if label >= 0 and label not in index_to_class:
+        raise DataError(
+            f"info file {path} (mmdetection3d layout): {iw}.bbox_label_3d {label} is not in "
+            "metainfo['categories']"
+        )
+    if "num_lidar_pts" in inst:
+        n_lidar, n_radar = int(inst["num_lidar_pts"]), int(inst.get("num_radar_pts", 0))
+    elif "bbox_3d_isvalid" in inst:
+        n_lidar, n_radar = int(bool(inst["bbox_3d_isvalid"])), 0
+    else:
+        _field(inst, "num_lidar_pts", iw, path)  # raises, naming the field
+    rot = global_from_lidar[:3, :3]
+    centre = rot @ box[:3] + global_from_lidar[:3, 3]
+    c, s = np.cos(box[6]), np.sin(box[6])
+    yaw_rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    vel = np.nan_to_num(np.asarray(inst.get("velocity", (0.0, 0.0)), dtype=np.float64))
+    vel3 = np.zeros(3)
+    vel3[: min(2, vel.shape[0])] = vel[:2]
+    category = MMDET3D_CLASS_CATEGORY[index_to_class[label]] if label >= 0 else MMDET3D_IGNORED
+    return {
+        "token": f"{token}-{j}",
+        "sample_token": token,
+        "instance_token": "",
+        "visibility_token": "",
+        "attribute_tokens": [],
+        "translation": [float(v) for v in centre],
+        "size": [float(box[4]), float(box[3]), float(box[5])],  # nuScenes (w, l, h)
+        "rotation": [float(v) for v in matrix_to_quaternion(rot @ yaw_rot)],
+        "prev": "",
+        "next": "",
+        "num_lidar_pts": n_lidar,
+        "num_radar_pts": n_radar,
+        "category_name": category,
+        "velocity": rot @ vel3,
+    }

@@ -57,6 +57,10 @@ class SECONDFPN(nn.Module):
     ``use_conv_for_no_stride`` a 1x1 Conv2d. All bias-free; BN eps 1e-3, momentum 0.01.
 
     feats: list of [B, C_i, H_i, W_i] with H_i * s_i equal for all i -> [B, sum(out), H, W].
+
+    Init: Kaiming normal (fan_out, ReLU) on the ConvTranspose2d layers, and on the Conv2d
+    layers too unless ``kaiming_conv2d=False`` (then PyTorch's default init, as the image neck
+    of the published student: METHOD.md 14 quirk 30).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class SECONDFPN(nn.Module):
         upsample_strides: Sequence[float],
         *,
         use_conv_for_no_stride: bool = False,
+        kaiming_conv2d: bool = True,
     ) -> None:
         super().__init__()
         if not len(in_channels) == len(out_channels) == len(upsample_strides):
@@ -85,8 +90,11 @@ class SECONDFPN(nn.Module):
                 )
             )
         self.deblocks = nn.ModuleList(blocks)
+        init_types: tuple[type, ...] = (nn.ConvTranspose2d,)
+        if kaiming_conv2d:
+            init_types += (nn.Conv2d,)
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(m, init_types):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:

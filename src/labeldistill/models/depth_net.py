@@ -208,7 +208,10 @@ class DepthNet(nn.Module):
         b, n = cam.shape[:2]
         if x.shape[0] != b * n:
             raise ValueError(f"DepthNet: {x.shape[0]} feature maps for {b} x {n} cameras")
-        v = self.bn(cam.reshape(b * n, CAMERA_VECTOR_DIM).to(x.dtype))
+        # Quirk 31: the camera vector enters its BatchNorm1d in fp32 (built from the fp32
+        # matrices, batch norm is no autocast op); the MLPs after it follow autocast.
+        with torch.autocast(device_type=cam.device.type, enabled=False):
+            v = self.bn(cam.reshape(b * n, CAMERA_VECTOR_DIM).to(self.bn.weight.dtype))
         x = self.reduce_conv(x)
         ctx_v = self.context_mlp(v)[..., None, None]
         context = self.context_conv(self.context_se(x, ctx_v))

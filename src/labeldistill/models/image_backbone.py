@@ -90,5 +90,13 @@ def build_image_neck(cfg: ImageNeckConfig, in_channels: Sequence[int]) -> SECOND
     """SECOND-FPN over C2..C5: strides (0.25, 0.5, 1, 2) bring every level to stride 16.
 
     [C2..C5] -> [B', sum(cfg.out_channels), H/16, W/16] (512 channels in the paper).
+    Kaiming init on the ConvTranspose2d branches only (quirk 30).
     """
-    return SECONDFPN(list(in_channels), list(cfg.out_channels), list(cfg.upsample_strides))
+    # Quirk 30: the published neck's init_weights() initialises only its ConvTranspose2d
+    # layers; the Conv2d deblocks of C2 / C3 keep PyTorch's default init.
+    return SECONDFPN(
+        list(in_channels),
+        list(cfg.out_channels),
+        list(cfg.upsample_strides),
+        kaiming_conv2d=False,
+    )

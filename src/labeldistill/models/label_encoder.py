@@ -7,8 +7,11 @@ Two rasterisation modes (``LabelEncoderConfig.rasterize``, see docs/deviations.m
   to half its length and width, corners are truncated to integer cells, and every lattice point
   inside or on the boundary of the integer quadrilateral is painted (our deterministic stand-in
   for scikit-image's boundary-inclusive ``polygon``); a degenerate polygon paints at least the
-  cell of its first corner; indices are clipped to the grid, so objects outside it paint the
-  border rows / columns.
+  cell of its first corner. As scikit-image's ``polygon`` (which never returns a negative
+  index), cells with a negative row or column are not painted, and the remaining indices are
+  clipped to the high edge: objects beyond the +x / +y edges paint column / row ``X - 1`` /
+  ``Y - 1``, objects beyond the -x / -y edges paint nothing and objects partly outside there
+  are cropped (METHOD.md 6.1 step 3).
 * ``corrected`` paints the full footprint: a cell is painted when its centre lies inside the
   exact (continuous) rotated rectangle, at least the cell containing the box centre; objects whose
   centre is outside the grid are skipped, nothing is clipped onto the border.
@@ -141,7 +144,9 @@ def rasterize_labels(
             yaw = box[6].item()
             if mode == "faithful":
                 rows, cols = _footprint_cells(cx, cy, w_c / 4, l_c / 4, yaw, integer_corners=True)
-                rows, cols = rows.clamp(0, Y - 1), cols.clamp(0, X - 1)
+                # scikit-image drops negative indices; the published clip acts on the high side.
+                keep = (rows >= 0) & (cols >= 0)
+                rows, cols = rows[keep].clamp(max=Y - 1), cols[keep].clamp(max=X - 1)
             else:
                 if not (0 <= cx < X and 0 <= cy < Y):
                     continue

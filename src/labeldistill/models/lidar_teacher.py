@@ -12,6 +12,7 @@ config 1024 voxels of 0.1 m, downsampled 8x, give 128 cells of 0.8 m.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from labeldistill.config import GridConfig, LidarTeacherConfig
@@ -97,9 +98,15 @@ class LidarTeacher(nn.Module):
         )
 
     def bev_features(self, points: Tensor) -> Tensor:
-        """points [B, P, C] -> dense BEV of the sparse encoder [B, C_bev, Y, X]."""
-        vox = self.voxelize(points)
-        feats = mean_voxel_features(vox.voxels, vox.num_points, self.cfg.in_channels)
+        """points [B, P, C] -> dense BEV of the sparse encoder [B, C_bev, Y, X] (float32).
+
+        Voxelisation, the mean VFE and the sparse encoder run in float32 whatever the ambient
+        autocast (quirk 29: mmcv's hard voxelisation and mean VFE are fp32 and its sparse convs
+        are not autocast ops); SECOND, neck and head after it follow autocast.
+        """
+        with torch.autocast(device_type=points.device.type, enabled=False):
+            vox = self.voxelize(points.float())
+            feats = mean_voxel_features(vox.voxels, vox.num_points, self.cfg.in_channels)
         return self.pts_middle_encoder(feats, vox.coors, int(points.shape[0]))
 
     def extract_feats(self, points: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from labeldistill.config import LidarTeacherConfig
@@ -135,11 +136,18 @@ class SparseEncoder(nn.Module):
         self.bev_shape = (shape[1], shape[2])
 
     def forward(self, voxel_features: Tensor, coors: Tensor, batch_size: int) -> Tensor:
-        """voxel_features [sum V, C_in], coors [sum V, 4] -> BEV [B, C_out * D_out, Y, X]."""
-        x = SparseTensor(voxel_features, coors, self.sparse_shape, batch_size)
-        x = self.conv_input(x)
-        x = self.encoder_layers(x)
-        x = self.conv_out(x)
-        dense = x.to_dense()  # [B, C, D, Y, X]
+        """voxel_features [sum V, C_in], coors [sum V, 4] -> BEV [B, C_out * D_out, Y, X].
+
+        Runs in the parameters' dtype (float32) whatever the ambient autocast: the published
+        teacher's sparse convolutions (mmcv / spconv) are not autocast ops (METHOD.md 14,
+        quirk 29); the dense SECOND / neck after it follow autocast.
+        """
+        dtype = self.conv_input[1].weight.dtype  # the BN after the first conv
+        with torch.autocast(device_type=voxel_features.device.type, enabled=False):
+            x = SparseTensor(voxel_features.to(dtype), coors, self.sparse_shape, batch_size)
+            x = self.conv_input(x)
+            x = self.encoder_layers(x)
+            x = self.conv_out(x)
+            dense = x.to_dense()  # [B, C, D, Y, X]
         b, c, d, h, w = dense.shape
         return dense.view(b, c * d, h, w)

@@ -43,25 +43,67 @@ def make_frustum(
     return torch.stack([uu, vv, dd, torch.ones_like(dd)], dim=-1)
 
 
+#: Geometry precisions (``student.view_transform.geometry_precision``, METHOD.md 14 quirk 28).
+GEOMETRY_PRECISIONS = ("fp16_faithful", "fp32")
+
+#: Where the faithful mode puts a frustum point whose fp16 geometry overflowed: far below
+#: every grid, so that the pooling drops it (finite, so that ``.int()`` is defined everywhere,
+#: ONNX included).
+DROPPED_POINT = -1.0e6
+
+
+def _fp16(x: Tensor) -> Tensor:
+    """Round fp32 values to the nearest fp16 (|x| >= 65520 -> +-inf), kept in fp32."""
+    return x.to(torch.float16).to(torch.float32)
+
+
 def frustum_geometry(
-    frustum: Tensor, ego_from_camera: Tensor, intrinsics: Tensor, ida: Tensor, bda: Tensor
+    frustum: Tensor,
+    ego_from_camera: Tensor,
+    intrinsics: Tensor,
+    ida: Tensor,
+    bda: Tensor,
+    precision: str = "fp32",
+    inverse=torch.inverse,  # noqa: ANN001 (the ONNX export passes a closed-form 4x4 inverse)
 ) -> Tensor:
     """Ego-frame position of every frustum point (METHOD.md 4.3).
 
     frustum [D, h, w, 4]; ego_from_camera, intrinsics, ida [B, N, 4, 4]; bda [B, 4, 4]
-    -> [B, N, D, h, w, 3]: p = ida^-1 (u, v, d, 1); p = (p_u p_d, p_v p_d, p_d, 1);
+    -> [B, N, D, h, w, 3] float32: p = ida^-1 (u, v, d, 1); p = (p_u p_d, p_v p_d, p_d, 1);
     p = bda ego_from_camera intrinsics^-1 p.
+
+    The ambient autocast never applies (the geometry is never computed in bf16 or fp16 by
+    accident). ``precision``:
+
+    * ``"fp32"``: every step in float32.
+    * ``"fp16_faithful"``: what the published model computes under 16-mixed autocast, emulated
+      explicitly in float32 ops so that CPU, fp32, ONNX and GPU runs agree: the inputs and the
+      output of every matmul and of the ``p_u p_d`` / ``p_v p_d`` products are rounded to fp16
+      (the inverses are fp32, as there). Where ``u_orig * d`` exceeds the fp16 range the point
+      becomes non-finite; such points are moved to :data:`DROPPED_POINT` (out of every grid), so
+      the pooling drops them (quirk 28).
     """
+    if precision not in GEOMETRY_PRECISIONS:
+        raise ValueError(
+            f"geometry precision must be one of {GEOMETRY_PRECISIONS}, got {precision!r}"
+        )
+    faithful = precision == "fp16_faithful"
+    r = _fp16 if faithful else (lambda x: x)
     b, n = ida.shape[:2]
-    dtype = torch.float32
-    pts = frustum.to(dtype).view(1, 1, *frustum.shape, 1)  # [1, 1, D, h, w, 4, 1]
-    ida_inv = torch.inverse(ida.to(dtype)).view(b, n, 1, 1, 1, 4, 4)
-    pts = ida_inv @ pts
-    pts = torch.cat([pts[..., :2, :] * pts[..., 2:3, :], pts[..., 2:, :]], dim=-2)
-    combine = ego_from_camera.to(dtype) @ torch.inverse(intrinsics.to(dtype))
-    combine = bda.to(dtype).view(b, 1, 4, 4) @ combine
-    pts = combine.view(b, n, 1, 1, 1, 4, 4) @ pts
-    return pts[..., :3, 0]
+    f32 = torch.float32
+    with torch.autocast(device_type=frustum.device.type, enabled=False):
+        pts = r(frustum.to(f32)).view(1, 1, *frustum.shape, 1)  # [1, 1, D, h, w, 4, 1]
+        ida_inv = r(inverse(ida.to(f32))).view(b, n, 1, 1, 1, 4, 4)
+        pts = r(ida_inv @ pts)
+        pts = torch.cat([r(pts[..., :2, :] * pts[..., 2:3, :]), pts[..., 2:, :]], dim=-2)
+        combine = r(r(ego_from_camera.to(f32)) @ r(inverse(intrinsics.to(f32))))
+        pts = r(combine.view(b, n, 1, 1, 1, 4, 4) @ pts)
+        pts = r(r(bda.to(f32)).view(b, 1, 1, 1, 1, 4, 4) @ pts)
+        xyz = pts[..., :3, 0]
+        if faithful:
+            finite = torch.isfinite(xyz).all(dim=-1, keepdim=True)
+            xyz = torch.where(finite, xyz, torch.full_like(xyz, DROPPED_POINT))
+    return xyz
 
 
 @dataclass
@@ -96,6 +138,12 @@ class LSSBackbone(nn.Module):
         self.context_channels = vt.context_channels
         self.depth_channels = grid.num_depth_bins
         self.pool = pool_fn(vt.pool_impl)
+        if vt.geometry_precision not in GEOMETRY_PRECISIONS:
+            raise ConfigError(
+                f"student.view_transform.geometry_precision {vt.geometry_precision!r}: use one of "
+                f"{', '.join(GEOMETRY_PRECISIONS)}"
+            )
+        self.geometry_precision = vt.geometry_precision
         self.grid = VoxelGrid.from_config(grid)
         bounds = (grid.x_bound, grid.y_bound, grid.z_bound)
         self.register_buffer("voxel_size", torch.tensor([b[2] for b in bounds]))
@@ -116,7 +164,7 @@ class LSSBackbone(nn.Module):
         feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))
         out = self.depth_net(feats, cam)
         depth = out.depth_logits.softmax(dim=1)
-        geom = frustum_geometry(self.frustum, *mats, bda)
+        geom = frustum_geometry(self.frustum, *mats, bda, precision=self.geometry_precision)
         h, w = depth.shape[2:]
         bev = self.pool(
             geom,

@@ -27,12 +27,16 @@ from labeldistill.data.dataset import NuScenesDataset, build_dataset, collate
 log = logging.getLogger(__name__)
 
 
-def stage_data_config(cfg: ExperimentConfig, needs_lidar: bool, needs_depth: bool) -> DataConfig:
-    """``cfg.data`` with LiDAR points and depth maps switched to what the stage reads."""
+def stage_data_config(
+    cfg: ExperimentConfig, needs_lidar: bool, needs_depth: bool, needs_images: bool = True
+) -> DataConfig:
+    """``cfg.data`` with LiDAR points, depth maps and images switched to what the stage reads
+    in training."""
     return dataclasses.replace(
         cfg.data,
         return_lidar=bool(needs_lidar or cfg.data.return_lidar),
         return_depth=bool(needs_depth and cfg.data.return_depth),
+        return_images=bool(needs_images and cfg.data.return_images),
     )
 
 
@@ -41,7 +45,11 @@ class StageDataModule(L.LightningDataModule):
 
     Args:
         cfg: the experiment config (``data`` section, ``trainer.seed``).
-        needs_lidar / needs_depth: what the stage reads (its module's class attributes).
+        needs_lidar / needs_depth / needs_images: what the stage reads in training (its
+            module's attributes).
+        eval_needs_lidar: whether the stage reads LiDAR points at evaluation / prediction
+            (default ``needs_lidar``); when False the eval dataset opens no scan, whatever
+            ``data.return_lidar`` says (a LabelDistill student is evaluated without teachers).
         eval_split: the split of the test / predict / validation loader (default
             ``data.val_split``).
     """
@@ -52,11 +60,15 @@ class StageDataModule(L.LightningDataModule):
         *,
         needs_lidar: bool,
         needs_depth: bool,
+        needs_images: bool = True,
+        eval_needs_lidar: bool | None = None,
         eval_split: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.data_cfg = stage_data_config(cfg, needs_lidar, needs_depth)
+        self.data_cfg = stage_data_config(cfg, needs_lidar, needs_depth, needs_images)
+        eval_lidar = needs_lidar if eval_needs_lidar is None else eval_needs_lidar
+        self.eval_data_cfg = dataclasses.replace(self.data_cfg, return_lidar=bool(eval_lidar))
         self.eval_split = eval_split or cfg.data.val_split
         self._train: NuScenesDataset | None = None
         self._eval: NuScenesDataset | None = None
@@ -75,7 +87,7 @@ class StageDataModule(L.LightningDataModule):
     def eval_dataset(self) -> NuScenesDataset:
         if self._eval is None:
             self._eval = build_dataset(
-                self.data_cfg, self.eval_split, train=False, seed=self.cfg.trainer.seed
+                self.eval_data_cfg, self.eval_split, train=False, seed=self.cfg.trainer.seed
             )
         return self._eval
 

@@ -74,6 +74,7 @@ class LabelEncoderModule(StageModule):
 
     needs_lidar = False
     needs_depth = False
+    needs_images = False  # label maps from the GT only
 
     @staticmethod
     def build_model(cfg: ExperimentConfig) -> nn.Module:
@@ -105,6 +106,7 @@ class LabelDistillModule(StageModule):
 
     needs_lidar = True
     needs_depth = True
+    eval_needs_lidar = False  # the student alone is evaluated: no scan is opened
 
     def __init__(self, cfg: ExperimentConfig, global_batch: int = 1) -> None:
         super().__init__(cfg, global_batch)

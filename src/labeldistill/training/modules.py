@@ -72,11 +72,16 @@ class StageModule(L.LightningModule):
     """Shared training / inference logic of every stage (see the module docstring).
 
     Class attributes tell the datamodule what the stage reads: ``needs_lidar`` (multi-sweep
-    points), ``needs_depth`` (LiDAR depth maps for the depth loss).
+    points), ``needs_depth`` (LiDAR depth maps for the depth loss), ``needs_images`` (camera
+    images) in training, ``eval_needs_lidar`` (points at evaluation, default ``needs_lidar``).
     """
 
     needs_lidar: ClassVar[bool] = False
     needs_depth: ClassVar[bool] = False
+    #: camera images in training (False: the items carry no decoded image)
+    needs_images: ClassVar[bool] = True
+    #: LiDAR points at evaluation / prediction (None: as ``needs_lidar``)
+    eval_needs_lidar: ClassVar[bool | None] = None
 
     def __init__(self, cfg: ExperimentConfig, global_batch: int = 1) -> None:
         super().__init__()
@@ -225,6 +230,7 @@ class LidarTeacherModule(StageModule):
     """Stage 1, the CenterPoint LiDAR teacher: L = CenterPoint detection loss (METHOD.md 5.1)."""
 
     needs_lidar = True
+    needs_images = False  # the teacher reads points only (the original decodes F x 6 images)
 
     @staticmethod
     def build_model(cfg: ExperimentConfig) -> nn.Module:

@@ -43,6 +43,7 @@ from labeldistill.errors import CheckpointError, UserError
 from labeldistill.models.center_head import REG_BRANCHES
 from labeldistill.models.depth_net import DeformConv2dPack, camera_vector
 from labeldistill.models.student import BEVDepthStudent
+from labeldistill.models.view_transform import frustum_geometry
 from labeldistill.ops.voxel_pool import VoxelGrid
 from labeldistill.structures import HeadOutput, TaskOutput
 
@@ -111,21 +112,22 @@ def inverse_4x4(m: Tensor) -> Tensor:
 
 
 def frustum_geometry_plain(
-    frustum: Tensor, ego_from_camera: Tensor, intrinsics: Tensor, ida: Tensor, bda: Tensor
+    frustum: Tensor,
+    ego_from_camera: Tensor,
+    intrinsics: Tensor,
+    ida: Tensor,
+    bda: Tensor,
+    precision: str = "fp32",
 ) -> Tensor:
-    """:func:`labeldistill.models.view_transform.frustum_geometry` with :func:`inverse_4x4`.
+    """:func:`labeldistill.models.view_transform.frustum_geometry` with :func:`inverse_4x4`
+    (same ``precision`` modes, the fp16 emulation exports as Cast nodes).
 
     frustum [D, h, w, 4]; ego_from_camera, intrinsics, ida [B, N, 4, 4]; bda [B, 4, 4]
     -> [B, N, D, h, w, 3] ego metres.
     """
-    b, n = ida.shape[:2]
-    pts = frustum.float().view(1, 1, *frustum.shape, 1)
-    pts = inverse_4x4(ida.float()).view(b, n, 1, 1, 1, 4, 4) @ pts
-    pts = torch.cat([pts[..., :2, :] * pts[..., 2:3, :], pts[..., 2:, :]], dim=-2)
-    combine = ego_from_camera.float() @ inverse_4x4(intrinsics.float())
-    combine = bda.float().view(b, 1, 4, 4) @ combine
-    pts = combine.view(b, n, 1, 1, 1, 4, 4) @ pts
-    return pts[..., :3, 0]
+    return frustum_geometry(
+        frustum, ego_from_camera, intrinsics, ida, bda, precision=precision, inverse=inverse_4x4
+    )
 
 
 def deform_conv2d_plain(
@@ -253,7 +255,12 @@ class ExportableStudent(nn.Module):
             out = bb.depth_net(feats, cam)
             depth = out.depth_logits.softmax(dim=1)
             geom = frustum_geometry_plain(
-                bb.frustum, ego_from_camera[:, i], intrinsics[:, i], ida[:, i], bda
+                bb.frustum,
+                ego_from_camera[:, i],
+                intrinsics[:, i],
+                ida[:, i],
+                bda,
+                precision=bb.geometry_precision,
             )
             h, w = depth.shape[2:]
             bevs.append(

@@ -112,7 +112,12 @@ def _datamodule(
     cfg: ExperimentConfig, module: StageModule, split: str | None = None
 ) -> StageDataModule:
     return StageDataModule(
-        cfg, needs_lidar=module.needs_lidar, needs_depth=module.needs_depth, eval_split=split
+        cfg,
+        needs_lidar=module.needs_lidar,
+        needs_depth=module.needs_depth,
+        needs_images=module.needs_images,
+        eval_needs_lidar=module.eval_needs_lidar,
+        eval_split=split,
     )
 
 
