@@ -221,6 +221,11 @@ def main() -> int:
     )
     p.add_argument("--no-main", action="store_true", help="with --ablations: only the ablations")
     p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
+    p.add_argument(
+        "--shared-only",
+        action="store_true",
+        help="train the shared stages (teachers, stage 0) only",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of every stage")
     args = p.parse_args()
@@ -258,8 +263,16 @@ def main() -> int:
             **kw,
         )
 
+    if args.shared_only:
+        res = pipeline_of(args.seeds[0], variants=(), baseline=False, backbone=True)
+        for row in res.rows:
+            print(
+                f"{ROW_NAMES[row.key]}: mAP {row.metrics['mAP']:.4f} NDS {row.metrics['NDS']:.4f}"
+            )
+        return 0
     if args.jobs > 1 and len(args.seeds) > 1:
-        pipeline_of(args.seeds[0], variants=(), baseline=False)  # shared stages, all threads
+        # the shared stages (teachers, stage 0) first, with every thread
+        pipeline_of(args.seeds[0], variants=(), baseline=False, backbone=True)
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         pending, running = list(args.seeds), []
         while pending or running:

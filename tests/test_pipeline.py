@@ -133,6 +133,14 @@ def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_pa
     # stage 0 is a shared stage too: it goes beside the shared teachers
     pretrain = [c for c in fake_runs if c[0] == "pretrain"]
     assert len(pretrain) == 1 and pretrain[0][1].trainer.seed == 0
+    # the shared stages alone (benchmarks/accuracy.py --shared-only, before parallel seeds)
+    n = len(fake_runs)
+    shared = run_pipeline(None, tmp_path / "c", variants=(), baseline=False, backbone=True)
+    assert [c[0] for c in fake_runs[n:]] == ["train", "eval", "train", "eval", "pretrain"]
+    assert shared.backbone is not None and [r.key for r in shared.rows] == [
+        "lidar_teacher",
+        "label_encoder",
+    ]
     # --fresh retrains
     run_pipeline(None, tmp_path / "a", variants=(), baseline=False, fresh=True)
     assert sum(1 for c in fake_runs if c[0] == "train") == 5

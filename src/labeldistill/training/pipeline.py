@@ -316,13 +316,17 @@ def run_pipeline(
     extra: Sequence[str] = (),
     teacher_dir: str | Path | None = None,
     teacher_seed: int | None = None,
+    backbone: bool | None = None,
 ) -> PipelineResult:
-    """Run stage 1, stage 2, the baseline and the LabelDistill ``variants`` of ``budget``.
+    """Run stage 1, stage 2, stage 0 (if the budget has one), the baseline and the LabelDistill
+    ``variants`` of ``budget``.
 
     Runs go to ``<out_dir>/runs`` (one directory per config name); ``dataroot`` None keeps the
     configs' own. ``extra`` overrides apply to every stage (e.g. ``data.num_workers=0``).
     ``teacher_dir`` / ``teacher_seed``: where and with which seed the two teacher stages run
     (default: ``out_dir`` and ``seed``); several pipelines can share one pair of teachers.
+    ``backbone``: run stage 0 (a shared stage, beside the teachers); default: when a camera
+    stage runs. ``baseline=False, variants=(), backbone=True`` runs the shared stages only.
     """
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget '{budget}': use one of {', '.join(BUDGETS)}")
@@ -358,7 +362,9 @@ def run_pipeline(
 
     lidar = stage("lidar_teacher", {})
     label = stage("label_encoder", {"lidar_ckpt": lidar.ckpt})
-    if plan.backbone is not None and (baseline or variants):
+    if backbone is None:
+        backbone = bool(baseline or variants)
+    if plan.backbone is not None and backbone:
         from labeldistill.training import backbone_pretrain
 
         cfg0 = stage_config(plan, "baseline", dataroot, t_runs, t_seed, {}, every)
