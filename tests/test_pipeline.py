@@ -159,10 +159,10 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
     bench, scratch = BUDGETS["bench"], BUDGETS["bench_scratch"]
     assert bench.backbone is not None and scratch.backbone is None
     assert dict(bench.stages) == dict(scratch.stages) and bench.data == scratch.data
-    # every camera stage of the benchmark has the same length and is validated every 2 epochs
+    # every camera stage of the benchmark has the same length and is validated every epoch
     cams = {k: v for k, v in bench.stages.items() if k not in ("lidar_teacher", "label_encoder")}
     assert len({v.overrides[:4] for v in cams.values()}) == 1
-    assert all("trainer.check_val_every_n_epoch=2" in v.overrides for v in cams.values())
+    assert all("trainer.check_val_every_n_epoch=1" in v.overrides for v in cams.values())
     assert bench.data.overrides() == (
         "data.version=v1.0-trainval",
         "data.train_split=train",

@@ -180,8 +180,8 @@ DEMO_DATA = DataPlan(samples_per_scene=10, segmentation=True)
 #: 2): stage 0 150 steps, LiDAR teacher 100 steps, label encoder 100, baseline and every
 #: LabelDistill variant 120 each from the stage-0 backbone.
 #: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py, on :data:`BENCH_DATA`):
-#: stage 0 600 steps, LiDAR teacher 600, label encoder 300, every camera student 960 (5 epochs
-#: of batch 2) from the stage-0 backbone, validated every 2 epochs (the learning curves).
+#: stage 0 600 steps, LiDAR teacher 600, label encoder 300, every camera student 576 (3 epochs
+#: of batch 2) from the stage-0 backbone, validated every epoch (the learning curves).
 #: ``bench_scratch``: ``bench`` with random-init camera students (no stage 0), the reference
 #: that shows what stage 0 buys.
 #: ``paper``: the paper configs unchanged (GPU-sized).
@@ -200,24 +200,24 @@ BUDGETS: dict[str, Budget] = {
         "bench",
         600,
         300,
-        960,
+        576,
         0.97,
-        "accuracy benchmark: stage 0 600 steps, teacher 600, label encoder 300, students 960",
+        "accuracy benchmark: stage 0 600 steps, teacher 600, label encoder 300, students 576",
         student_decay=0.99,
         backbone=BackbonePlan(600),
         data=BENCH_DATA,
-        student_extra=("trainer.check_val_every_n_epoch=2",),
+        student_extra=("trainer.check_val_every_n_epoch=1",),
     ),
     "bench_scratch": _cpu_budget(
         "bench_scratch",
         600,
         300,
-        960,
+        576,
         0.97,
-        "accuracy benchmark, random-init students: teacher 600, label encoder 300, students 960",
+        "accuracy benchmark, random-init students: teacher 600, label encoder 300, students 576",
         student_decay=0.99,
         data=BENCH_DATA,
-        student_extra=("trainer.check_val_every_n_epoch=2",),
+        student_extra=("trainer.check_val_every_n_epoch=1",),
     ),
     "paper": Budget(
         "paper",
