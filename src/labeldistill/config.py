@@ -98,6 +98,9 @@ class DataConfig:
     eval_history_fallback: Literal["last_valid", "current"] = "current"
     batch_size: int = 4  # per device
     num_workers: int = 4
+    # Training / evaluation loaders ship uint8 images, normalised by the student on its device
+    # (bit-identical to float32 loading, a quarter of the bytes to pin and copy).
+    uint8_images: bool = True
 
 
 @dataclass(frozen=True)
