@@ -8,8 +8,6 @@ Attribute names follow the published state dict (METHOD.md 12.1): ``shared_conv.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor, nn
 
@@ -165,11 +163,12 @@ class CenterHead(nn.Module):
         ``max_objs``; slot k keeps a zero entry and mask False when box k has a size <= 0 or
         its truncated centre cell lies outside the grid.
 
-        Same result as :meth:`get_targets_reference` without any host synchronisation: boxes
-        are padded to [B, M] (M from the list's shapes), slots are ranks of a sort key, and the
-        Gaussians of all boxes are evaluated on the whole grid (separable, float64 like the
-        reference kernel, zero outside each box's radius) and max-reduced into their class
-        plane with ``index_reduce_`` (chunks of boxes bound the memory).
+        Same result as :meth:`get_targets_reference` with one host synchronisation instead of
+        one per box: boxes are padded to [B, M] (M from the list's shapes), slots are ranks of
+        a sort key, and the Gaussians of all boxes are evaluated on one window of the largest
+        radius (separable, float64 like the reference kernel, zero outside each box's radius)
+        and max-reduced into their class plane with ``scatter_reduce_`` (see
+        :func:`_draw_gaussians`).
         """
         grid, cfg = self.grid, self.cfg
         ny, nx = grid.size_y, grid.size_x
@@ -391,8 +390,7 @@ class CenterHead(nn.Module):
         ]
 
 
-#: Boxes per chunk of the dense Gaussian evaluation: chunk * Y * X float64 values (32 MiB at
-#: 2**22 values).
+#: Values per chunk of the windowed Gaussian evaluation (boxes x (2 R + 1)^2 float64 values).
 _GAUSSIAN_CHUNK_VALUES = 2**22
 
 
@@ -401,29 +399,40 @@ def _draw_gaussians(
 ) -> None:
     """Max-draw the Gaussian of every box into its plane, in place (vectorised ``draw_gaussian``).
 
-    planes [G, Y*X]; group [M] int64 row of ``planes`` per box (a dummy row for boxes that draw
-    nothing); centres [M, 2] int64 cells (x, y) inside the grid; radius [M] int64. The kernel
-    of radius r is ``exp(-(dx^2 + dy^2) / (2 sigma^2))``, sigma = (2 r + 1) / 6, on
-    ``|dx|, |dy| <= r``, values below float64 eps set to 0 (as :func:`gaussian_2d`), evaluated
-    in float64 as the product of its two separable factors and rounded to the planes' dtype.
+    planes [G, Y*X] (the last row is a dummy); group [M] int64 row of ``planes`` per box (the
+    dummy row for boxes that draw nothing); centres [M, 2] int64 cells (x, y) inside the grid;
+    radius [M] int64. The kernel of radius r is ``exp(-(dx^2 + dy^2) / (2 sigma^2))``,
+    sigma = (2 r + 1) / 6, on ``|dx|, |dy| <= r``, values below float64 eps set to 0 (as
+    :func:`gaussian_2d`), evaluated in float64 as the product of its two separable factors and
+    rounded to the planes' dtype. All boxes share one (2 R + 1)^2 window, R the largest radius:
+    reading R is the only host synchronisation.
     """
+    if group.numel() == 0:
+        return
     ny, nx = shape
     device = planes.device
-    xs = torch.arange(nx, device=device, dtype=torch.float64)
-    ys = torch.arange(ny, device=device, dtype=torch.float64)
+    r_max = int(radius.max())  # the one host read (window size)
+    offs = torch.arange(-r_max, r_max + 1, device=device)  # [W]
+    offs_f = offs.to(torch.float64)
     eps = torch.finfo(torch.float64).eps
-    chunk = max(1, _GAUSSIAN_CHUNK_VALUES // max(1, ny * nx))
+    win = offs.numel()
+    dummy = (planes.shape[0] - 1) * ny * nx
+    flat_planes = planes.view(-1)
+    chunk = max(1, _GAUSSIAN_CHUNK_VALUES // (win * win))
     for start in range(0, group.shape[0], chunk):
         sl = slice(start, start + chunk)
-        r = radius[sl].to(torch.float64)[:, None]
-        sigma = (2.0 * r + 1.0) / 6.0
-        two_s2 = 2.0 * sigma * sigma
-        dx = xs[None, :] - centres[sl, 0].to(torch.float64)[:, None]  # [m, X]
-        dy = ys[None, :] - centres[sl, 1].to(torch.float64)[:, None]  # [m, Y]
-        gx = torch.where(dx.abs() <= r, torch.exp(-(dx * dx) / two_s2), torch.zeros_like(dx))
-        gy = torch.where(dy.abs() <= r, torch.exp(-(dy * dy) / two_s2), torch.zeros_like(dy))
-        g = gy[:, :, None] * gx[:, None, :]  # [m, Y, X]
+        r = radius[sl][:, None]  # [m, 1]
+        two_s2 = 2.0 * ((2.0 * r.to(torch.float64) + 1.0) / 6.0) ** 2
+        xs = centres[sl, 0][:, None] + offs  # [m, W]
+        ys = centres[sl, 1][:, None] + offs
+        in_x = (offs.abs() <= r) & (xs >= 0) & (xs < nx)
+        in_y = (offs.abs() <= r) & (ys >= 0) & (ys < ny)
+        sq = offs_f * offs_f
+        gx = torch.where(in_x, torch.exp(-sq / two_s2), torch.zeros_like(two_s2))
+        gy = torch.where(in_y, torch.exp(-sq / two_s2), torch.zeros_like(two_s2))
+        g = gy[:, :, None] * gx[:, None, :]  # [m, W, W] (y, x)
         g = torch.where(g < eps, torch.zeros_like(g), g).to(planes.dtype)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*index_reduce.*beta.*")
-            planes.index_reduce_(0, group[sl], g.reshape(g.shape[0], ny * nx), "amax")
+        index = group[sl][:, None, None] * (ny * nx) + ys[:, :, None] * nx + xs[:, None, :]
+        inside = in_y[:, :, None] & in_x[:, None, :]
+        index = torch.where(inside, index, torch.full_like(index, dummy))
+        flat_planes.scatter_reduce_(0, index.reshape(-1), g.reshape(-1), "amax")
