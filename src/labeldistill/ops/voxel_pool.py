@@ -214,6 +214,27 @@ class _SparseDenseMM(torch.autograd.Function):
         return None, grad_vals, grad_dense
 
 
+def pooling_pattern(geometry: Tensor, grid: VoxelGrid) -> tuple[_Csr, Tensor]:
+    """The index preparation of :func:`voxel_pool` (no gradients, integer work only).
+
+    geometry [B, N, D, h, w, 3] -> (pattern of S [B*Y*X + 1 (dummy row), B*N*h*w], inverse
+    [B*N*D*h*w]: the entry of S each frustum point adds its depth to).
+    """
+    b, n, d, h, w, _ = geometry.shape
+    nx, ny, _ = grid.size
+    n_cells = b * ny * nx
+    n_pix = b * n * h * w
+    with torch.no_grad():
+        cell, valid = _cells(geometry, grid)
+        cell = torch.where(valid, cell, torch.full_like(cell, n_cells))  # dummy row n_cells
+        # Pixel (b, n, v, u) of every frustum point, as a flat row of context [B*N*h*w, C].
+        pix = torch.arange(n_pix, device=geometry.device).view(b * n, 1, h * w)
+        pix = pix.expand(b * n, d, h * w).reshape(-1)
+        uniq, inverse = torch.unique(cell * n_pix + pix, sorted=True, return_inverse=True)
+        rows = torch.div(uniq, n_pix, rounding_mode="floor")
+        return _Csr(rows, uniq - rows * n_pix, n_cells + 1, n_pix), inverse
+
+
 def voxel_pool(geometry: Tensor, depth: Tensor, context: Tensor, grid: VoxelGrid) -> Tensor:
     """Fast pooling (default): merge depth bins per (cell, pixel), then sparse ``S @ context``.
 
@@ -232,17 +253,9 @@ def voxel_pool(geometry: Tensor, depth: Tensor, context: Tensor, grid: VoxelGrid
     n_cells = b * ny * nx
     n_pix = b * n * h * w
     dtype = _compute_dtype(depth, context)
-    with torch.no_grad():
-        cell, valid = _cells(geometry, grid)
-        cell = torch.where(valid, cell, torch.full_like(cell, n_cells))  # dummy row n_cells
-        # Pixel (b, n, v, u) of every frustum point, as a flat row of context [B*N*h*w, C].
-        pix = torch.arange(n_pix, device=depth.device).view(b * n, 1, h * w)
-        pix = pix.expand(b * n, d, h * w).reshape(-1)
-        uniq, inverse = torch.unique(cell * n_pix + pix, sorted=True, return_inverse=True)
-        rows = torch.div(uniq, n_pix, rounding_mode="floor")
-        pattern = _Csr(rows, uniq - rows * n_pix, n_cells + 1, n_pix)
+    pattern, inverse = pooling_pattern(geometry, grid)
     flat_depth = depth.reshape(-1).to(dtype)
-    vals = flat_depth.new_zeros(uniq.shape[0]).index_add(0, inverse, flat_depth)  # S values
+    vals = flat_depth.new_zeros(pattern.col.shape[0]).index_add(0, inverse, flat_depth)
     dense = context.permute(0, 1, 3, 4, 2).reshape(n_pix, c)  # [B*N*h*w, C]
     out = _SparseDenseMM.apply(pattern, vals, dense)[:n_cells]
     out = out.to(torch.promote_types(depth.dtype, context.dtype))
@@ -258,4 +271,10 @@ def pool_fn(impl: str):  # noqa: ANN201
     raise ValueError(f"unknown voxel pooling implementation {impl!r} (use 'fast' or 'reference')")
 
 
-__all__: Sequence[str] = ("VoxelGrid", "voxel_pool", "voxel_pool_reference", "pool_fn")
+__all__: Sequence[str] = (
+    "VoxelGrid",
+    "voxel_pool",
+    "voxel_pool_reference",
+    "pool_fn",
+    "pooling_pattern",
+)
