@@ -142,6 +142,12 @@ class CenterHead(nn.Module):
         self.register_buffer(
             "code_weights", torch.tensor(cfg.code_weights, dtype=torch.float32), persistent=False
         )
+        # class index of every task channel, tasks concatenated (decode: no host tensor per call)
+        self.register_buffer(
+            "class_ids_flat",
+            torch.tensor([c for ids in self.task_class_ids for c in ids], dtype=torch.long),
+            persistent=False,
+        )
 
     # ------------------------------------------------------------------------------------
     def forward(self, feat: Tensor) -> HeadOutput:
@@ -370,9 +376,8 @@ class CenterHead(nn.Module):
             dets = box_coder.decode(
                 task_out.heatmap.float().sigmoid(), task_out.box_code().float(), self.grid, params
             )
-            class_ids = torch.tensor(
-                self.task_class_ids[t], dtype=torch.long, device=task_out.heatmap.device
-            )
+            start = sum(len(ids) for ids in self.task_class_ids[:t])
+            class_ids = self.class_ids_flat[start : start + len(self.task_class_ids[t])]
             for i, d in enumerate(dets):
                 keep = circle_nms(d.boxes[:, :2], d.scores, cfg.nms_radii[t], cfg.post_max_size)
                 kept = Detections(d.boxes[keep], d.scores[keep], class_ids[d.labels[keep]])

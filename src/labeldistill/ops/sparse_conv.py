@@ -149,9 +149,13 @@ class KernelMap:
     out_shape: Int3
 
 
-def _kernel_offsets(kernel: Int3, device: torch.device) -> Tensor:
-    """[K, 3] (kz, ky, kx) in weight order."""
-    grids = torch.meshgrid(*[torch.arange(k, device=device) for k in kernel], indexing="ij")
+def _kernel_offsets(kernel: Int3, device: torch.device, centred: bool = False) -> Tensor:
+    """[K, 3] (kz, ky, kx) in weight order; ``centred``: minus ``k // 2`` per axis. Built on
+    ``device`` directly (no host tensor is copied over)."""
+    starts = [-(k // 2) if centred else 0 for k in kernel]
+    grids = torch.meshgrid(
+        *[torch.arange(s, s + k, device=device) for s, k in zip(starts, kernel)], indexing="ij"
+    )
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
@@ -168,9 +172,7 @@ def submanifold_kernel_map(indices: Tensor, spatial_shape: Int3, kernel: Int3) -
     device = indices.device
     num = indices.shape[0]
     d, h, w = spatial_shape
-    offsets = _kernel_offsets(kernel, device) - torch.tensor(
-        [k // 2 for k in kernel], device=device
-    )
+    offsets = _kernel_offsets(kernel, device, centred=True)
     num_k = offsets.shape[0]
     center = num_k // 2
     in_rows: list[Tensor] = [indices.new_zeros(0)] * num_k
@@ -182,13 +184,15 @@ def submanifold_kernel_map(indices: Tensor, spatial_shape: Int3, kernel: Int3) -
     keys = linearize(indices, spatial_shape)
     sorted_keys, perm = torch.sort(keys)
     coords = indices[perm, 1:]  # [V, 3] in key order
-    shape = torch.tensor(spatial_shape, device=device)
     half = offsets[:center]  # [K/2, 3]; offset K-1-k is the mirror of k
     delta = (half[:, 0] * h + half[:, 1]) * w + half[:, 2]
     queries = sorted_keys[None, :] + delta[:, None]  # [K/2, V], each row sorted
     pos = torch.searchsorted(sorted_keys, queries).clamp_(max=num - 1)
     nb = coords[None] + half[:, None]  # [K/2, V, 3]
-    found = (sorted_keys[pos] == queries) & ((nb >= 0) & (nb < shape)).all(dim=2)
+    in_bounds = (nb >= 0).all(dim=2)
+    for a in range(3):
+        in_bounds &= nb[..., a] < spatial_shape[a]
+    found = (sorted_keys[pos] == queries) & in_bounds
     counts = found.sum(dim=1).tolist()
     rows_out = perm.expand_as(pos)[found].split(counts)  # site q (output of offset o)
     rows_in = perm[pos[found]].split(counts)  # its neighbour q + o (input of offset o)
@@ -220,10 +224,16 @@ def strided_kernel_map(
     ok = axis_ok[0][:, :, None, None] & axis_ok[1][:, None, :, None] & axis_ok[2][:, None, None, :]
     ok = ok.reshape(num, -1).t()  # [K, V] in weight order
     k_idx, rows = torch.nonzero(ok, as_tuple=True)  # grouped by offset, then input row
-    offsets = _kernel_offsets(kernel, device)
-    pd = torch.tensor(padding, device=device)
-    st = torch.tensor(stride, device=device)
-    q = torch.div(indices[rows, 1:] + pd - offsets[k_idx], st, rounding_mode="floor")
+    offsets = _kernel_offsets(kernel, device)[k_idx]  # [n, 3]
+    q = torch.stack(
+        [
+            torch.div(
+                indices[rows, 1 + a] + padding[a] - offsets[:, a], stride[a], rounding_mode="floor"
+            )
+            for a in range(3)
+        ],
+        dim=1,
+    )
     cand_keys = linearize(torch.cat([indices[rows, :1], q], dim=1), out_shape)
     out_keys = torch.unique(cand_keys)  # sorted
     d, h, w = out_shape
