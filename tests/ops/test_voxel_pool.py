@@ -233,3 +233,28 @@ def test_fast_half_inputs_accumulate_in_fp32(amp_dtype) -> None:  # noqa: ANN001
     out.float().sum().backward()
     assert dh.grad.dtype == amp_dtype and ch.grad.dtype == amp_dtype
     assert torch.isfinite(dh.grad.float()).all() and dh.grad.float().abs().sum() > 0
+
+
+def test_fast_pooling_has_one_data_dependent_op() -> None:
+    """Item 11: the fast pooling's only host synchronisation on CUDA is the size of
+    ``torch.unique`` (before: also ``nonzero``, ``bincount`` and host-built constants)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            name = func.overloadpacket.__name__
+            self.counts[name] = self.counts.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    grid = VoxelGrid(lower=(0.0, 0.0, 0.0), cell=(1.0, 1.0, 1.0), size=(12, 10, 2))
+    geom, depth, context = _random_case(1, 2, 5, 3, 4, 3, seed=13)
+    depth.requires_grad_(True)
+    with Ops() as ops:
+        voxel_pool(geom, depth, context, grid).sum().backward()
+    syncing = {"nonzero", "bincount", "_local_scalar_dense", "masked_select", "item"}
+    assert not (set(ops.counts) & syncing), set(ops.counts) & syncing
+    assert sum(v for k, v in ops.counts.items() if k.startswith("_unique")) == 1, ops.counts
