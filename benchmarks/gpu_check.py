@@ -46,6 +46,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+#: Operators that make the host wait for the device on CUDA.
+SYNCING_OPS = (
+    "_local_scalar_dense",
+    "nonzero",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "masked_select",
+    "bincount",
+    "_unique",
+)
+
+
+class _SyncProxy(torch.utils._python_dispatch.TorchDispatchMode):
+    """CPU stand-in of CUDA's sync debug mode: counts operators of :data:`SYNCING_OPS`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.overloadpacket.__name__
+        if name in SYNCING_OPS:
+            self.count += 1
+            self.by_op[name] = self.by_op.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
 class Device:
     """Timing, peak memory and sync counting on one device (CUDA figures; CPU: None)."""
 
@@ -78,10 +107,13 @@ class Device:
 
     @contextlib.contextmanager
     def count_syncs(self) -> Iterator[list[int]]:
-        """Counts host synchronisations (CUDA sync debug mode 'warn'); [-1] on CPU."""
+        """Counts host synchronisations: CUDA's sync debug mode ('warn') on CUDA; on CPU a proxy,
+        the operators that synchronise on CUDA (scalar reads, data-dependent output sizes)."""
         box = [-1]
         if not self.cuda:
-            yield box
+            with _SyncProxy() as proxy:
+                yield box
+            box[0] = proxy.count
             return
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -214,7 +246,23 @@ def check_student_step(dev: Device, tiny: bool, batch: int, repeats: int) -> dic
     host = _student_inputs(cfg, dev, batch)
     losses: list[float] = []
 
-    def step() -> torch.Tensor:
+    def step(count: list[int] | None = None) -> torch.Tensor:
+        # on CPU the sync proxy covers copy + forward + loss + backward (the CPU GradScaler
+        # reads one flag per parameter; the CUDA one reads one per device)
+        proxy = (
+            dev.count_syncs() if count is not None and not dev.cuda else contextlib.nullcontext([0])
+        )
+        with proxy as n:
+            loss = _forward_backward()
+        if count is not None and not dev.cuda:
+            count[0] = n[0]
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    def _forward_backward() -> torch.Tensor:
         x = {
             k: (
                 [t.to(dev.device, non_blocking=True) for t in v]
@@ -229,17 +277,17 @@ def check_student_step(dev: Device, tiny: bool, batch: int, repeats: int) -> dic
             loss = det["heatmap"] + det["bbox"] + 3.0 * model.loss_depth(out, x["depth"])
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        return loss.detach()
+        return loss
 
     losses.append(float(step()))  # warm-up (cudnn.benchmark, allocator)
     dev.reset_peak()
     step_s = dev.time(lambda: losses.append(float(step())), repeats)
-    with dev.count_syncs() as syncs:
-        loss = step()
+    if dev.cuda:
+        with dev.count_syncs() as syncs:
+            loss = step()
+    else:
+        syncs = [0]
+        loss = step(syncs)
     dev.sync()
     losses.append(float(loss))
     return {
@@ -250,7 +298,12 @@ def check_student_step(dev: Device, tiny: bool, batch: int, repeats: int) -> dic
         "losses": losses,
         "step_s": step_s,
         "peak_mib": dev.peak_mib(),
-        "host_syncs_per_step": syncs[0] if dev.cuda else None,
+        "host_syncs_per_step": syncs[0],
+        "host_syncs_counted_by": (
+            "cuda sync debug mode, whole step"
+            if dev.cuda
+            else "CPU proxy: syncing ops of copy + forward + loss + backward"
+        ),
         "ok": all(math.isfinite(v) for v in losses),
     }
 
