@@ -190,7 +190,16 @@ def _summarise(prof: Any, device: torch.device, timer: StageTimer, total_s: floa
     for evt in prof.key_averages():
         if evt.key.startswith("stage::") or evt.key.startswith("ProfilerStep"):
             continue
-        t = float(evt.self_device_time_total if use_device else evt.self_cpu_time_total) / 1e6
+        # operator rows only: a CUDA kernel row repeats device time its operator already has
+        if not str(getattr(evt, "device_type", "CPU")).endswith("CPU"):
+            continue
+        if use_device:
+            dev_t = getattr(evt, "self_device_time_total", None)
+            if dev_t is None:
+                dev_t = getattr(evt, "self_cuda_time_total", 0.0)
+            t = float(dev_t) / 1e6
+        else:
+            t = float(evt.self_cpu_time_total) / 1e6
         if t <= 0:
             continue
         if _is_dense_conv(evt.key):
