@@ -101,6 +101,9 @@ class DataConfig:
     eval_history_fallback: Literal["last_valid", "current"] = "current"
     batch_size: int = 4  # per device
     num_workers: int = 4
+    # Training / evaluation loaders ship uint8 images, normalised by the student on its device
+    # (bit-identical to float32 loading, a quarter of the bytes to pin and copy).
+    uint8_images: bool = True
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,7 @@ class TrainerConfig:
     ema_decay: float = 0.999
     ema_warmup_steps: int = 0  # > 0: decay * (1 - exp(-n / warmup)) at update n; 0: paper
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = False  # on CUDA: PyTorch's warn-only mode (docs/training.md)
     output_dir: str = "outputs"
     log_every_n_steps: int = 50
     limit_train_batches: float = 1.0
@@ -284,6 +287,14 @@ class TrainerConfig:
     # Per-epoch files kept on disk (checkpoints/epoch_<n>.ckpt, ema/epoch_<n>.safetensors): the
     # newest N; -1 keeps every epoch (as the original). checkpoints/last.ckpt is always written.
     keep_epochs: int = -1
+    # DDP: no stage has an unused trainable parameter, so the extra graph walk is off.
+    find_unused_parameters: bool = False
+    # CUDA numerics: TF32 for float32 matmuls would round the frustum geometry (a 4x4 chain)
+    # like fp16, so it stays off; cuDNN convolutions in TF32 are PyTorch's default.
+    matmul_tf32: bool = False
+    cudnn_tf32: bool = True
+    # cudnn.benchmark: null = on with CUDA unless deterministic (every stage has fixed shapes).
+    cudnn_benchmark: bool | None = None
 
 
 @dataclass(frozen=True)

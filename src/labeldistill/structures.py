@@ -84,18 +84,37 @@ def _to(value: Any, device: torch.device | str, non_blocking: bool = False) -> A
     if isinstance(value, tuple):
         return tuple(_to(v, device, non_blocking) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "to"):
-        return value.to(device)  # type: ignore[attr-defined]
+        return value.to(device, non_blocking=non_blocking)  # type: ignore[attr-defined]
+    return value
+
+
+def _pin(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.pin_memory()
+    if isinstance(value, list):
+        return [_pin(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_pin(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        pin = getattr(value, "pin_memory", None)
+        return pin() if callable(pin) else value
     return value
 
 
 class _Movable:
-    """Mixin: ``.to(device)`` moves every tensor field (recursively through lists)."""
+    """Mixin: ``.to(device, non_blocking)`` moves every tensor field (recursively through lists)
+    and ``.pin_memory()`` pins them (what ``DataLoader(pin_memory=True)`` calls on a batch
+    object; without it the option is a no-op for a dataclass)."""
 
     def to(self, device: torch.device | str, non_blocking: bool = False):  # noqa: ANN201
         changes = {
             f.name: _to(getattr(self, f.name), device, non_blocking)
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
         }
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def pin_memory(self):  # noqa: ANN201
+        changes = {f.name: _pin(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
@@ -118,7 +137,8 @@ class SampleMeta:
 class Sample(_Movable):
     """One dataset item (no batch dimension).
 
-    imgs:            [F, N, 3, H, W] float, normalised network input.
+    imgs:            [F, N, 3, H, W] float, normalised network input; or uint8 in the network's
+                     channel order (``uint8_images``), normalised by the student on its device.
     ego_from_camera: [F, N, 4, 4] frame-f camera -> current key ego frame (of that camera's
                      timestamp), METHOD.md 3.3 ``sensor2ego_mats``.
     intrinsics:      [F, N, 4, 4] K in the top-left 3x3.

@@ -81,3 +81,37 @@ def test_loss_no_foreground_is_zero_and_grad_flows() -> None:
 def test_shape_mismatch_is_reported() -> None:
     with pytest.raises(ValueError, match="do not match"):
         depth_loss(torch.rand(6, 112, 16, 44), torch.zeros(1, 6, 128, 352), 16, PAPER_D)
+
+
+def test_depth_loss_without_host_sync_ops() -> None:
+    """Issue 13: no boolean-mask selection, no scalar read, no F.one_hot range check (each a
+    blocking device-to-host round trip on CUDA); values as the selection-based definition."""
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from labeldistill.models.depth_loss import depth_loss, depth_targets
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 3, 32, 64, generator=gen) * 70
+    gt = gt * (torch.rand(2, 3, 32, 64, generator=gen) < 0.1)
+    probs = torch.rand(6, 112, 2, 4, generator=gen).softmax(1).requires_grad_(True)
+    with Ops() as ops:
+        loss = depth_loss(probs, gt, 16, (2.0, 58.0, 0.5))
+        loss.backward()
+    bad = {"nonzero", "_local_scalar_dense", "masked_select", "index", "one_hot"}
+    assert not (ops.names & bad), ops.names & bad
+    target = depth_targets(gt, 16, (2.0, 58.0, 0.5))
+    fg = target.amax(1) > 0
+    pred = probs.detach().permute(0, 2, 3, 1).reshape(-1, 112)
+    expected = F.binary_cross_entropy(pred[fg], target[fg], reduction="sum") / fg.sum()
+    assert 0 < int(fg.sum()) < fg.numel()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

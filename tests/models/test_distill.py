@@ -39,6 +39,25 @@ def test_weighted_feature_loss_hand_case() -> None:
     assert weighted_feature_loss(teacher, student, weight * 0.1).item() == pytest.approx(0.7)
 
 
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+def test_weighted_feature_loss_in_fp32_for_half_features(amp_dtype) -> None:  # noqa: ANN001
+    """Issue 13 item 5: half-precision features (autocast outputs) of a few hundred: the channel
+    sum of squares is taken in fp32 (in fp16 it overflows to inf; in bf16 it rounds), so the
+    loss equals the fp32 loss of the same features and its gradient is finite."""
+    gen = torch.Generator().manual_seed(0)
+    teacher = (torch.randn(2, 64, 4, 4, generator=gen) * 300).to(amp_dtype)
+    student = (torch.randn(2, 64, 4, 4, generator=gen) * 300).to(amp_dtype).requires_grad_(True)
+    weight = torch.rand(2, 1, 4, 4, generator=gen).to(amp_dtype)
+    expected = weighted_feature_loss(teacher.double(), student.detach().double(), weight.double())
+    with torch.autocast("cpu", dtype=amp_dtype):
+        loss = weighted_feature_loss(teacher, student, weight)
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert student.grad.dtype == amp_dtype and torch.isfinite(student.grad.float()).all()
+
+
 def _targets(heatmaps, inds, masks) -> Targets:
     return Targets(
         heatmaps=heatmaps,

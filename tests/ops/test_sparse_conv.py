@@ -200,3 +200,179 @@ def test_equals_spconv_forward():
         ref = conv(x).to_dense()
         conv.backend = "spconv"
         torch.testing.assert_close(conv(x).to_dense(), ref, rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 13: CUDA readiness of the sparse convolution (CPU tests)
+# --------------------------------------------------------------------------------------------
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.overloadpacket.__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_scatter_is_index_add_and_equals_index_put_reference():
+    """Item 6: forward and backward scatter with index_add_ (no accumulating index_put_, which
+    sorts on CUDA); values identical to the index_put_ reference."""
+    from labeldistill.ops.sparse_conv import (
+        _gather_gemm_scatter,
+        gather_gemm_scatter_reference,
+        submanifold_kernel_map,
+    )
+
+    x, _, _ = _random_sparse(2, 4, (7, 8, 9), 0.2, seed=21, dtype=torch.float32)
+    kmap = submanifold_kernel_map(x.indices, x.spatial_shape, (3, 3, 3))
+    w = torch.randn(27, 4, 5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(
+        _gather_gemm_scatter(x.features, w, kmap),
+        gather_gemm_scatter_reference(x.features, w, kmap),
+    )
+    block = SparseBasicBlock(4, backend="torch")
+    feats = x.features.clone().requires_grad_(True)
+    with _OpCounter() as counter:
+        block(x.replace_feature(feats)).features.sum().backward()
+    assert counter.counts.get("index_put_", 0) == 0 and counter.counts.get("index_put", 0) == 0
+    assert counter.counts["index_add_"] >= 2 * 27
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+def test_fp32_layer_ignores_autocast(amp_dtype):
+    """Item 3: the first layer (5 raw point channels) runs in fp32 under autocast."""
+    x, _, _ = _random_sparse(1, 5, (6, 7, 8), 0.3, seed=22, dtype=torch.float32)
+    x = x.replace_feature(x.features * 50.0)  # metres / intensities: fp16 would round them
+    conv = SubMConv3d(5, 16, 3, backend="torch", fp32=True)
+    plain = SubMConv3d(5, 16, 3, backend="torch")
+    plain.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        ref = conv(x).features
+        with torch.autocast("cpu", dtype=amp_dtype):
+            amp = conv(x).features
+            rounded = plain(x).features
+    assert amp.dtype == torch.float32
+    torch.testing.assert_close(amp, ref, rtol=0, atol=0)
+    assert not torch.equal(rounded, ref)  # without the flag autocast rounds the products
+
+
+def test_encoder_first_layer_is_fp32():
+    from labeldistill.config import LidarTeacherConfig
+    from labeldistill.models.sparse_encoder import SparseEncoder
+
+    enc = SparseEncoder(LidarTeacherConfig())
+    assert enc.conv_input[0].fp32 is True
+    assert not any(
+        m.fp32 for m in enc.modules() if hasattr(m, "fp32") and m is not enc.conv_input[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "spconv_version,torch_version,ok",
+    [
+        ("2.3.8", "2.4.0", True),
+        ("2.3.6", "2.4.0", False),  # SIGFPE with torch >= 2.3
+        ("2.3.6", "2.2.2", True),
+        ("2.2.6", "2.1.0", True),
+        ("2.1.25", "2.1.0", False),  # older weight layout
+        ("1.2.1", "1.8.0", False),
+        ("2.3.8", "2.14.1+cu130", True),
+        ("garbage", "2.4.0", False),
+    ],
+)
+def test_spconv_version_rules(spconv_version, torch_version, ok):
+    from labeldistill.ops.sparse_conv import spconv_incompatibility
+
+    reason = spconv_incompatibility(spconv_version, torch_version)
+    assert (reason is None) == ok
+    if not ok:
+        assert "spconv" in reason
+
+
+class _FakeTensor:
+    """Stand-in of spconv.pytorch.SparseConvTensor (features, indices, indice_dict)."""
+
+    def __init__(self, features, indices, spatial_shape, batch_size):  # noqa: ANN001
+        self.features, self.indices = features, indices
+        self.spatial_shape, self.batch_size = list(spatial_shape), batch_size
+        self.indice_dict: dict = {}
+
+    def replace_feature(self, features):  # noqa: ANN001, ANN201
+        new = _FakeTensor(features, self.indices, self.spatial_shape, self.batch_size)
+        new.indice_dict = self.indice_dict
+        return new
+
+
+def _fake_spconv(pair_builds: list, weight_layout: str = "spconv2"):  # noqa: ANN202
+    import types
+
+    class _Conv(torch.nn.Module):
+        subm = True
+
+        def __init__(self, cin, cout, k, stride=1, padding=0, bias=False, indice_key=None):  # noqa: ANN001
+            super().__init__()
+            k = (k, k, k) if isinstance(k, int) else tuple(k)
+            shape = (cout, *k, cin) if weight_layout == "spconv2" else (*k, cin, cout)
+            self.weight = torch.nn.Parameter(torch.zeros(shape))
+            self.indice_key, self.cout = indice_key, cout
+
+        def forward(self, st):  # noqa: ANN001, ANN201
+            key = self.indice_key
+            if key is None or key not in st.indice_dict:
+                pair_builds.append(key)
+                if key is not None:
+                    st.indice_dict[key] = "pairs"
+            out = st.replace_feature(st.features.new_zeros(st.features.shape[0], self.cout))
+            return out
+
+    sp = types.SimpleNamespace(SubMConv3d=_Conv, SparseConv3d=_Conv, SparseConvTensor=_FakeTensor)
+    return sp
+
+
+def test_spconv_submanifold_layers_of_a_level_share_index_pairs(monkeypatch):
+    """Item 6: one index-pair computation per level (indice_key), not one per layer."""
+    from labeldistill.ops import sparse_conv as sc
+
+    builds: list = []
+    monkeypatch.setattr(sc, "spconv_module", lambda: _fake_spconv(builds))
+    x, _, _ = _random_sparse(1, 4, (6, 6, 6), 0.2, seed=23, dtype=torch.float32)
+    net = SparseSequential(
+        SparseBasicBlock(4, backend="spconv"), SparseBasicBlock(4, backend="spconv")
+    )
+    net(x)
+    assert len(builds) == 1 and builds[0].startswith("subm_k3x3x3_6x6x6")
+
+
+def test_spconv_weight_layout_is_checked(monkeypatch):
+    from labeldistill.ops import sparse_conv as sc
+
+    monkeypatch.setattr(sc, "spconv_module", lambda: _fake_spconv([], weight_layout="spconv1"))
+    x, _, _ = _random_sparse(1, 4, (6, 6, 6), 0.2, seed=24, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="weight layout"):
+        SubMConv3d(4, 6, 3, backend="spconv")(x)
+
+
+def test_auto_warns_once_when_falling_back_on_cuda(monkeypatch, caplog):
+    """Item 3: 'auto' on CUDA without a usable spconv warns once (not at debug level)."""
+    import types
+
+    from labeldistill.ops import sparse_conv as sc
+
+    monkeypatch.setattr(sc, "spconv_module", lambda: None)
+    monkeypatch.setattr(sc, "_SPCONV_REASON", "ImportError: spconv 2.3.6 crashes (SIGFPE)")
+    monkeypatch.setattr(sc, "_FALLBACK_WARNED", False)
+    conv = SubMConv3d(4, 6, 3, backend="auto")
+    fake_cuda = types.SimpleNamespace(features=types.SimpleNamespace(is_cuda=True))
+    with caplog.at_level("WARNING", logger=sc.__name__):
+        assert conv._use_spconv(fake_cuda) is False
+        assert conv._use_spconv(fake_cuda) is False
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "SIGFPE" in warnings[0].getMessage()
+    cpu = types.SimpleNamespace(features=types.SimpleNamespace(is_cuda=False))
+    assert conv._use_spconv(cpu) is False
+    with pytest.raises(RuntimeError, match="SIGFPE"):
+        SubMConv3d(4, 6, 3, backend="spconv")._use_spconv(cpu)

@@ -190,3 +190,71 @@ def test_real_camera_point_lands_in_its_cell(fixture_root) -> None:  # noqa: ANN
         _check_single_cell(bev, _expected_cell(p_ego))
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+def test_fast_matches_reference_under_autocast(amp_dtype) -> None:  # noqa: ANN001
+    """Issue 13 item 1: under (CPU-stand-in) autocast the sparse products still run in fp32
+    (before: NotImplementedError on CPU, an fp16 SpMM on CUDA): forward and gradients equal the
+    fp32 reference, the output stays fp32."""
+    grid = VoxelGrid(lower=(0.0, 0.0, 0.0), cell=(1.0, 1.0, 1.0), size=(12, 10, 2))
+    geom, depth, context = _random_case(2, 3, 7, 4, 5, 6, seed=11)
+    grad_out = torch.randn(2, 6, 10, 12, generator=torch.Generator().manual_seed(4))
+    results = []
+    for impl, amp in ((voxel_pool_reference, False), (voxel_pool, True)):
+        dp = depth.clone().requires_grad_(True)
+        cx = context.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=amp_dtype, enabled=amp):
+            out = impl(geom, dp, cx, grid)
+        assert out.dtype == torch.float32
+        out.backward(grad_out)
+        results.append((out.detach(), dp.grad, cx.grad))
+    (ref, ref_gd, ref_gc), (fast, fast_gd, fast_gc) = results
+    assert ref.abs().sum() > 1.0
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_gd, ref_gd, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_gc, ref_gc, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+def test_fast_half_inputs_accumulate_in_fp32(amp_dtype) -> None:  # noqa: ANN001
+    """Half-precision depth and context (what an autocast DepthNet emits): the fast path sums
+    in fp32 and returns the half dtype; equals the fp32 reference of the same (rounded) inputs
+    rounded once, and its gradients come back in the input dtypes."""
+    grid = VoxelGrid(lower=(0.0, 0.0, 0.0), cell=(1.0, 1.0, 1.0), size=(12, 10, 2))
+    geom, depth, context = _random_case(1, 2, 9, 4, 5, 3, seed=12)
+    dh = depth.to(amp_dtype).requires_grad_(True)
+    ch = context.to(amp_dtype).requires_grad_(True)
+    with torch.autocast("cpu", dtype=amp_dtype):
+        out = voxel_pool(geom, dh, ch, grid)
+    assert out.dtype == amp_dtype
+    ref = voxel_pool_reference(geom, dh.detach().float(), ch.detach().float(), grid)
+    torch.testing.assert_close(out.float(), ref.to(amp_dtype).float(), atol=0, rtol=0)
+    out.float().sum().backward()
+    assert dh.grad.dtype == amp_dtype and ch.grad.dtype == amp_dtype
+    assert torch.isfinite(dh.grad.float()).all() and dh.grad.float().abs().sum() > 0
+
+
+def test_fast_pooling_has_one_data_dependent_op() -> None:
+    """Item 11: the fast pooling's only host synchronisation on CUDA is the size of
+    ``torch.unique`` (before: also ``nonzero``, ``bincount`` and host-built constants)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            name = func.overloadpacket.__name__
+            self.counts[name] = self.counts.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    grid = VoxelGrid(lower=(0.0, 0.0, 0.0), cell=(1.0, 1.0, 1.0), size=(12, 10, 2))
+    geom, depth, context = _random_case(1, 2, 5, 3, 4, 3, seed=13)
+    depth.requires_grad_(True)
+    with Ops() as ops:
+        voxel_pool(geom, depth, context, grid).sum().backward()
+    syncing = {"nonzero", "bincount", "_local_scalar_dense", "masked_select", "item"}
+    assert not (set(ops.counts) & syncing), set(ops.counts) & syncing
+    assert sum(v for k, v in ops.counts.items() if k.startswith("_unique")) == 1, ops.counts

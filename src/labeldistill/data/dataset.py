@@ -185,16 +185,30 @@ def convert_gt(info: dict[str, Any], pose: EgoPose) -> GroundTruth:
     )
 
 
-def normalize_image(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:  # noqa: ANN001
-    """PIL RGB image -> float32 tensor [3, H, W]: (x - mean) / std with the RGB statistics,
-    channel order BGR when ``cfg.bgr_quirk`` (METHOD.md 3.3, quirk 16), else RGB.
+def image_uint8(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:  # noqa: ANN001
+    """PIL RGB image -> uint8 tensor [3, H, W], channel order BGR when ``cfg.bgr_quirk``
+    (METHOD.md 3.3, quirk 16), else RGB; not normalised (see :func:`normalize_image`).
 
-    Written into ``out`` ([3, H, W] float32) when given.
+    Written into ``out`` ([3, H, W] uint8) when given.
     """
     hwc = torch.from_numpy(np.array(img, dtype=np.uint8))
     chw = hwc.permute(2, 0, 1)
     if cfg.bgr_quirk:
         chw = chw.flip(0)
+    if out is None:
+        return chw.contiguous()
+    return out.copy_(chw)
+
+
+def normalize_image(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:  # noqa: ANN001
+    """PIL RGB image -> float32 tensor [3, H, W]: (x - mean) / std with the RGB statistics,
+    channel order BGR when ``cfg.bgr_quirk`` (METHOD.md 3.3, quirk 16), else RGB.
+
+    Written into ``out`` ([3, H, W] float32) when given. The readable CPU reference of
+    :func:`labeldistill.ops.image_norm.normalize_images` (uint8 images normalised on the
+    device, bit-identical).
+    """
+    chw = image_uint8(img, cfg)
     if out is None:
         out = torch.empty(chw.shape, dtype=torch.float32)
     out.copy_(chw)
@@ -241,6 +255,9 @@ class NuScenesDataset(Dataset):
             resize/crop, identity bda, no depth, ``cfg.eval_history_fallback``). GT boxes are
             returned in both cases.
         seed: base seed of the per-item generators.
+        uint8_images: ship ``imgs`` as uint8 (channel order applied, not normalised; the
+            model normalises them on its device, bit-identically), a quarter of the bytes of
+            the float32 default.
     """
 
     def __init__(
@@ -251,8 +268,10 @@ class NuScenesDataset(Dataset):
         *,
         train: bool,
         seed: int = 0,
+        uint8_images: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.uint8_images = bool(uint8_images)
         self.infos = infos
         self.dataroot = Path(dataroot)
         self.train = train
@@ -294,7 +313,8 @@ class NuScenesDataset(Dataset):
         f_n = (len(frames), len(CAMERAS))
         h, w = cfg.image_size
         load_images = bool(cfg.return_images)
-        imgs = torch.empty((*f_n, 3, h, w) if load_images else (*f_n, 3, 0, 0), dtype=torch.float32)
+        img_dtype = torch.uint8 if self.uint8_images else torch.float32
+        imgs = torch.empty((*f_n, 3, h, w) if load_images else (*f_n, 3, 0, 0), dtype=img_dtype)
         ego_from_camera = np.zeros((*f_n, 4, 4))
         key_from_frame = np.zeros((*f_n, 4, 4))
         intrinsics = np.zeros((*f_n, 4, 4))
@@ -314,7 +334,8 @@ class NuScenesDataset(Dataset):
                 else:
                     pil = load_image(self.dataroot / cam_info["filename"])
                     pil = augment.apply_ida_image(pil, ida_params[ci])
-                    image_cache[cache_key] = normalize_image(pil, cfg, out=imgs[fi, ci])
+                    to_tensor = image_uint8 if self.uint8_images else normalize_image
+                    image_cache[cache_key] = to_tensor(pil, cfg, out=imgs[fi, ci])
                 # frame-f camera -> frame-f ego -> global -> key ego (of this camera's timestamp)
                 key_ego_from_global = invert(pose_matrix(key_cam["ego_pose"]))
                 e_from_c = (
@@ -415,10 +436,14 @@ def collate(samples: list[Sample]) -> Batch:
     )
 
 
-def build_dataset(cfg: DataConfig, split: str, train: bool, seed: int = 0) -> NuScenesDataset:
+def build_dataset(
+    cfg: DataConfig, split: str, train: bool, seed: int = 0, uint8_images: bool = False
+) -> NuScenesDataset:
     """The dataset of ``split`` from ``info_path(cfg.info_dir or cfg.dataroot, split)``."""
     from labeldistill.data.infos import info_path, load_infos
 
     infos = load_infos(info_path(Path(cfg.info_dir or cfg.dataroot), split))
     logger.info("split %s: %d samples (%s)", split, len(infos), "train" if train else "eval")
-    return NuScenesDataset(cfg, infos, cfg.dataroot, train=train, seed=seed)
+    return NuScenesDataset(
+        cfg, infos, cfg.dataroot, train=train, seed=seed, uint8_images=uint8_images
+    )

@@ -36,7 +36,12 @@ def build_student(cfg: ExperimentConfig) -> BEVDepthStudent:
     from labeldistill.models.student import BEVDepthStudent
 
     return BEVDepthStudent(
-        cfg.student, cfg.grid, num_frames=num_frames(cfg), image_size=tuple(cfg.data.image_size)
+        cfg.student,
+        cfg.grid,
+        num_frames=num_frames(cfg),
+        image_size=tuple(cfg.data.image_size),
+        img_mean=cfg.data.img_mean,
+        img_std=cfg.data.img_std,
     )
 
 

@@ -37,8 +37,11 @@ def depth_targets(depth_gt: Tensor, downsample: int, d_bound: tuple[float, float
     d = downsample_depth(depth_gt, downsample)
     idx = (d - (d_min - step)) / step
     idx = torch.where((idx < num_bins + 1) & (idx >= 0.0), idx, torch.zeros_like(idx))
-    onehot = F.one_hot(idx.floor().long().reshape(-1), num_classes=num_bins + 1)
-    return onehot[:, 1:].float()
+    idx = idx.floor().long().reshape(-1, 1)
+    # one-hot by scatter (F.one_hot reads the index range back to the host on CUDA)
+    onehot = torch.zeros(idx.shape[0], num_bins + 1, dtype=torch.float32, device=idx.device)
+    onehot.scatter_(1, idx, 1.0)
+    return onehot[:, 1:]
 
 
 def depth_loss(
@@ -60,5 +63,9 @@ def depth_loss(
                 f"{tuple(depth_gt.shape)} at downsample {downsample}"
             )
         fg = target.amax(dim=1) > 0.0
-        loss = F.binary_cross_entropy(pred[fg], target[fg], reduction="none").sum()
-        return loss / max(1.0, float(fg.sum().item()))
+        # Foreground rows by weighting, not by selection (a boolean index and the count read
+        # back would be two host synchronisations on CUDA); background BCE terms are finite
+        # (log clamped at -100) and weighted by 0.
+        bce = F.binary_cross_entropy(pred, target, reduction="none").sum(dim=1)
+        loss = (bce * fg.to(bce.dtype)).sum()
+        return loss / fg.sum().to(loss.dtype).clamp(min=1.0)

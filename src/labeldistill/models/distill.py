@@ -90,10 +90,16 @@ def heatmap_weights(targets: Targets, binary: bool) -> tuple[Tensor, Tensor]:
 def weighted_feature_loss(teacher: Tensor, student: Tensor, weight: Tensor) -> Tensor:
     """sum_{b,h,w} W * sum_c (T - A)^2 / max(1, sum W).
 
-    teacher, student: [B, C, H, W]; weight: [B, 1, H, W].
+    teacher, student: [B, C, H, W]; weight: [B, 1, H, W]. Computed in float32 (float64 for
+    float64 inputs) whatever the input dtypes or the ambient autocast: in fp16 the squared
+    difference summed over channels overflows once features reach a few hundred.
     """
-    sq = ((teacher - student) ** 2).sum(dim=1, keepdim=True)
-    return (sq * weight).sum() / weight.sum().clamp(min=1.0)
+    dtype = torch.promote_types(torch.promote_types(teacher.dtype, student.dtype), torch.float32)
+    with torch.autocast(student.device.type, enabled=False):
+        diff = teacher.to(dtype) - student.to(dtype)
+        sq = (diff * diff).sum(dim=1, keepdim=True)
+        w = weight.to(dtype)
+        return (sq * w).sum() / w.sum().clamp(min=1.0)
 
 
 def feature_distill_loss(

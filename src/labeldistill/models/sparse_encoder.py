@@ -76,7 +76,7 @@ class SparseEncoder(nn.Module):
             )
         self.sparse_shape = sparse_shape(cfg)
         self.conv_input = SparseSequential(
-            SubMConv3d(cfg.in_channels, cfg.base_channels, 3, backend=backend),
+            SubMConv3d(cfg.in_channels, cfg.base_channels, 3, backend=backend, fp32=True),
             _bn(cfg.base_channels),
             nn.ReLU(),
         )

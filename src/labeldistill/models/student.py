@@ -8,13 +8,17 @@ CenterHead that also owns the BEV trunk and neck, like the original ``KDHead``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
-from labeldistill.config import GridConfig, StudentConfig
+from labeldistill.config import DataConfig, GridConfig, StudentConfig
 from labeldistill.models.bev_encoder import BevEncoder
 from labeldistill.models.center_head import CenterHead
 from labeldistill.models.depth_loss import depth_loss
 from labeldistill.models.view_transform import LSSBackbone
+from labeldistill.ops.image_norm import normalize_images
 from labeldistill.structures import Detections, StudentOutput
 
 
@@ -45,13 +49,23 @@ class BEVDepthStudent(nn.Module):
     forward(imgs [B, F, N, 3, H, W], ego_from_camera [B, F, N, 4, 4], intrinsics [B, F, N, 4, 4],
     ida [B, F, N, 4, 4], bda [B, 4, 4]) -> :class:`StudentOutput` (head outputs on the Y x X
     grid, key-frame depth probabilities [B*N, D, h, w], distillation levels
-    ([B, F*C, Y, X], [B, C1, Y/2, X/2])).
+    ([B, F*C, Y, X], [B, C1, Y/2, X/2])). ``imgs`` are normalised float, or uint8 in the
+    network's channel order, then normalised on their device with ``img_mean`` / ``img_std``
+    (the data config's statistics, bit-identical to the dataset's float32 normalisation).
     """
 
     def __init__(
-        self, cfg: StudentConfig, grid: GridConfig, num_frames: int, image_size: tuple[int, int]
+        self,
+        cfg: StudentConfig,
+        grid: GridConfig,
+        num_frames: int,
+        image_size: tuple[int, int],
+        img_mean: Sequence[float] = DataConfig.img_mean,
+        img_std: Sequence[float] = DataConfig.img_std,
     ) -> None:
         super().__init__()
+        self.img_mean = tuple(float(v) for v in img_mean)
+        self.img_std = tuple(float(v) for v in img_std)
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.cfg = cfg
@@ -68,6 +82,8 @@ class BEVDepthStudent(nn.Module):
                 f"student built for {self.num_frames} frames expects imgs [B, {self.num_frames}, "
                 f"N, 3, H, W], got {tuple(imgs.shape)}"
             )
+        if imgs.dtype == torch.uint8:  # shipped unnormalised: normalise here, on the device
+            imgs = normalize_images(imgs, self.img_mean, self.img_std)
         lss = self.backbone(imgs, ego_from_camera, intrinsics, ida, bda)
         neck, feats = self.head.encode(lss.bev)
         return StudentOutput(head=self.head(neck), depth=lss.depth, distill_feats=feats)

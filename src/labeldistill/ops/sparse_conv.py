@@ -20,8 +20,12 @@ of the published checkpoints, so they load without conversion. :func:`convert_we
 and from the spconv 2.x layout [out, kD, kH, kW, in] and the dense ``Conv3d`` layout
 [out, in, kD, kH, kW].
 
-Backends: ``"torch"`` (always available), ``"spconv"`` (spconv 2.x; imported lazily, guarded) and
-``"auto"`` (spconv when it imports and the features are on CUDA, torch otherwise).
+Backends: ``"torch"`` (always available), ``"spconv"`` (spconv >= 2.2, >= 2.3.8 with torch >= 2.3;
+imported lazily, version and weight layout checked) and ``"auto"`` (spconv when it is usable and
+the features are on CUDA, torch otherwise; a fallback on CUDA is warned about once). The
+submanifold layers of one level share their kernel map in both backends (the site cache here,
+spconv's ``indice_key`` there). ``fp32=True`` (the encoder's first layer, raw point features)
+runs a layer in float32 whatever the ambient autocast.
 
 Glossary: V active sites, C channels, B batch, (D, H, W) the 3D grid (z, y, x).
 """
@@ -145,9 +149,13 @@ class KernelMap:
     out_shape: Int3
 
 
-def _kernel_offsets(kernel: Int3, device: torch.device) -> Tensor:
-    """[K, 3] (kz, ky, kx) in weight order."""
-    grids = torch.meshgrid(*[torch.arange(k, device=device) for k in kernel], indexing="ij")
+def _kernel_offsets(kernel: Int3, device: torch.device, centred: bool = False) -> Tensor:
+    """[K, 3] (kz, ky, kx) in weight order; ``centred``: minus ``k // 2`` per axis. Built on
+    ``device`` directly (no host tensor is copied over)."""
+    starts = [-(k // 2) if centred else 0 for k in kernel]
+    grids = torch.meshgrid(
+        *[torch.arange(s, s + k, device=device) for s, k in zip(starts, kernel)], indexing="ij"
+    )
     return torch.stack([g.reshape(-1) for g in grids], dim=1)
 
 
@@ -164,9 +172,7 @@ def submanifold_kernel_map(indices: Tensor, spatial_shape: Int3, kernel: Int3) -
     device = indices.device
     num = indices.shape[0]
     d, h, w = spatial_shape
-    offsets = _kernel_offsets(kernel, device) - torch.tensor(
-        [k // 2 for k in kernel], device=device
-    )
+    offsets = _kernel_offsets(kernel, device, centred=True)
     num_k = offsets.shape[0]
     center = num_k // 2
     in_rows: list[Tensor] = [indices.new_zeros(0)] * num_k
@@ -178,13 +184,15 @@ def submanifold_kernel_map(indices: Tensor, spatial_shape: Int3, kernel: Int3) -
     keys = linearize(indices, spatial_shape)
     sorted_keys, perm = torch.sort(keys)
     coords = indices[perm, 1:]  # [V, 3] in key order
-    shape = torch.tensor(spatial_shape, device=device)
     half = offsets[:center]  # [K/2, 3]; offset K-1-k is the mirror of k
     delta = (half[:, 0] * h + half[:, 1]) * w + half[:, 2]
     queries = sorted_keys[None, :] + delta[:, None]  # [K/2, V], each row sorted
     pos = torch.searchsorted(sorted_keys, queries).clamp_(max=num - 1)
     nb = coords[None] + half[:, None]  # [K/2, V, 3]
-    found = (sorted_keys[pos] == queries) & ((nb >= 0) & (nb < shape)).all(dim=2)
+    in_bounds = (nb >= 0).all(dim=2)
+    for a in range(3):
+        in_bounds &= nb[..., a] < spatial_shape[a]
+    found = (sorted_keys[pos] == queries) & in_bounds
     counts = found.sum(dim=1).tolist()
     rows_out = perm.expand_as(pos)[found].split(counts)  # site q (output of offset o)
     rows_in = perm[pos[found]].split(counts)  # its neighbour q + o (input of offset o)
@@ -216,10 +224,16 @@ def strided_kernel_map(
     ok = axis_ok[0][:, :, None, None] & axis_ok[1][:, None, :, None] & axis_ok[2][:, None, None, :]
     ok = ok.reshape(num, -1).t()  # [K, V] in weight order
     k_idx, rows = torch.nonzero(ok, as_tuple=True)  # grouped by offset, then input row
-    offsets = _kernel_offsets(kernel, device)
-    pd = torch.tensor(padding, device=device)
-    st = torch.tensor(stride, device=device)
-    q = torch.div(indices[rows, 1:] + pd - offsets[k_idx], st, rounding_mode="floor")
+    offsets = _kernel_offsets(kernel, device)[k_idx]  # [n, 3]
+    q = torch.stack(
+        [
+            torch.div(
+                indices[rows, 1 + a] + padding[a] - offsets[:, a], stride[a], rounding_mode="floor"
+            )
+            for a in range(3)
+        ],
+        dim=1,
+    )
     cand_keys = linearize(torch.cat([indices[rows, :1], q], dim=1), out_shape)
     out_keys = torch.unique(cand_keys)  # sorted
     d, h, w = out_shape
@@ -236,12 +250,24 @@ def _gather_gemm_scatter(features: Tensor, weight: Tensor, kmap: KernelMap) -> T
     """sum_k scatter(out_rows_k, features[in_rows_k] @ weight[k]); weight [K, C_in, C_out].
 
     For one offset every output row appears at most once (p -> q is injective), so the indexed
-    accumulation is exact and deterministic.
+    accumulation is exact and deterministic. ``index_add_`` gives the same values as
+    ``index_put_(accumulate=True)`` (the readable :func:`gather_gemm_scatter_reference`) and is a
+    plain scatter on CUDA where the latter sorts its indices.
     """
     out = features.new_zeros(kmap.out_indices.shape[0], weight.shape[2])
     for k, (ins, outs) in enumerate(zip(kmap.in_rows, kmap.out_rows)):
         if ins.numel():
             vals = features.index_select(0, ins) @ weight[k]  # fp16 under autocast
+            out.index_add_(0, outs, vals.to(out.dtype))
+    return out
+
+
+def gather_gemm_scatter_reference(features: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
+    """Readable reference of :func:`_gather_gemm_scatter` (``index_put_(accumulate=True)``)."""
+    out = features.new_zeros(kmap.out_indices.shape[0], weight.shape[2])
+    for k, (ins, outs) in enumerate(zip(kmap.in_rows, kmap.out_rows)):
+        if ins.numel():
+            vals = features.index_select(0, ins) @ weight[k]
             out.index_put_((outs,), vals.to(out.dtype), accumulate=True)
     return out
 
@@ -276,7 +302,7 @@ class _SparseConvFunction(torch.autograd.Function):
                 grad_w[k] = (feats_k.t() @ go).to(grad_w.dtype)
             if grad_feat is not None:
                 vals = (go @ weight[k].to(go.dtype).t()).to(grad_feat.dtype)
-                grad_feat.index_put_((ins,), vals, accumulate=True)
+                grad_feat.index_add_(0, ins, vals)
         return grad_feat, grad_w, None
 
 
@@ -338,21 +364,120 @@ def convert_state_dict(
 
 _SPCONV: Any = None
 _SPCONV_TRIED = False
+_SPCONV_REASON = ""
+_FALLBACK_WARNED = False
+
+#: The oldest spconv with the [out, kD, kH, kW, in] weight layout we convert to.
+SPCONV_MIN_VERSION = (2, 2, 0)
+#: spconv 2.3.0 - 2.3.7 with torch >= 2.3 die with SIGFPE on import of their ops; fixed in 2.3.8.
+SPCONV_MIN_VERSION_TORCH_2_3 = (2, 3, 8)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def spconv_incompatibility(spconv_version: str, torch_version: str) -> str | None:
+    """Why an spconv version cannot be used with a torch version (None if it can).
+
+    spconv < 2.2 keeps its weights in another layout than the [out, kD, kH, kW, in] we convert
+    to; spconv 2.3.x before 2.3.8 kills the process (SIGFPE) with torch >= 2.3.
+    """
+    sv, tv = _version_tuple(spconv_version), _version_tuple(torch_version)
+    if not sv:
+        return f"spconv version {spconv_version!r} cannot be parsed"
+    if sv < SPCONV_MIN_VERSION:
+        return (
+            f"spconv {spconv_version} is older than 2.2 (another weight layout); install "
+            "spconv >= 2.3.8"
+        )
+    if tv[:2] >= (2, 3) and sv < SPCONV_MIN_VERSION_TORCH_2_3:
+        return (
+            f"spconv {spconv_version} crashes (SIGFPE) with torch {torch_version} >= 2.3; "
+            "install spconv >= 2.3.8"
+        )
+    return None
+
+
+def _installed_spconv_version() -> str | None:
+    """Version of the installed ``spconv`` / ``spconv-cuXXX`` distribution, if any."""
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        name = str(dist.metadata.get("Name") or "").lower()
+        if name == "spconv" or name.startswith("spconv-cu"):
+            return str(dist.version)
+    return None
+
+
+def _import_spconv() -> Any:
+    """``spconv.pytorch`` after the version check (raises ImportError with the reason)."""
+    # The version is read from the installed distribution first, so that a known-bad version
+    # is refused before its extension is loaded (the SIGFPE happens at import).
+    version = _installed_spconv_version()
+    if version is not None:
+        reason = spconv_incompatibility(version, torch.__version__)
+        if reason:
+            raise ImportError(reason)
+    import spconv  # type: ignore[import-not-found]
+    import spconv.pytorch as sp  # type: ignore[import-not-found]
+
+    version = str(getattr(spconv, "__version__", version or ""))
+    reason = spconv_incompatibility(version, torch.__version__)
+    if reason:
+        raise ImportError(reason)
+    return sp
 
 
 def spconv_module() -> Any:
-    """``spconv.pytorch`` (2.x) when it imports, else None (the reason is logged once)."""
-    global _SPCONV, _SPCONV_TRIED
+    """``spconv.pytorch`` (2.x, version checked) when it imports, else None.
+
+    The reason it is unavailable is kept (:func:`spconv_unavailable_reason`) and logged once at
+    INFO; the backend ``auto`` warns once when it falls back to the torch backend on CUDA.
+    """
+    global _SPCONV, _SPCONV_TRIED, _SPCONV_REASON
     if not _SPCONV_TRIED:
         _SPCONV_TRIED = True
         try:
-            import spconv.pytorch as sp  # type: ignore[import-not-found]
-
-            _SPCONV = sp
+            _SPCONV = _import_spconv()
         except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
-            logger.debug("spconv not available: %s", exc)
             _SPCONV = None
+            _SPCONV_REASON = f"{type(exc).__name__}: {exc}"
+            logger.info("spconv not available: %s", _SPCONV_REASON)
     return _SPCONV
+
+
+def spconv_unavailable_reason() -> str:
+    """Why :func:`spconv_module` returned None ('' when it is available or was not tried)."""
+    return _SPCONV_REASON
+
+
+def _warn_fallback_once() -> None:
+    global _FALLBACK_WARNED
+    if not _FALLBACK_WARNED:
+        _FALLBACK_WARNED = True
+        logger.warning(
+            "sparse_backend 'auto' on CUDA falls back to the pure-torch sparse convolution "
+            "(much slower): %s",
+            _SPCONV_REASON or "spconv is not installed",
+        )
+
+
+def _check_spconv_layout(impl: Any, out_channels: int, kernel: Int3, in_channels: int) -> None:
+    expected = (out_channels, *kernel, in_channels)
+    shape = tuple(impl.weight.shape)
+    if shape != expected:
+        raise RuntimeError(
+            f"spconv weight of shape {shape}, expected [out, kD, kH, kW, in] = {expected}: this "
+            "spconv version uses another weight layout; use sparse_backend 'torch' or spconv "
+            ">= 2.3.8"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +499,7 @@ class _SparseConvBase(nn.Module):
         padding: int | Sequence[int],
         bias: bool,
         backend: Backend,
+        fp32: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -382,6 +508,7 @@ class _SparseConvBase(nn.Module):
         self.stride = _triple(stride)
         self.padding = _triple(padding)
         self.backend: Backend = backend
+        self.fp32 = bool(fp32)
         self.weight = nn.Parameter(torch.empty(*self.kernel_size, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self._spconv_impl: list[Any] = []  # not a registered submodule (no extra state keys)
@@ -399,6 +526,7 @@ class _SparseConvBase(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+            + (", fp32=True" if self.fp32 else "")
         )
 
     def _use_spconv(self, x: SparseTensor) -> bool:
@@ -408,9 +536,12 @@ class _SparseConvBase(nn.Module):
         if self.backend == "spconv":
             if not available:
                 raise RuntimeError(
-                    "sparse_backend 'spconv' requested but spconv 2.x does not import"
+                    "sparse_backend 'spconv' requested but spconv 2.x is not usable ("
+                    f"{spconv_unavailable_reason() or 'not installed'}); use 'torch' or 'auto'"
                 )
             return True
+        if x.features.is_cuda and not available:
+            _warn_fallback_once()
         return available and x.features.is_cuda
 
     def kernel_map(self, x: SparseTensor) -> KernelMap:
@@ -427,7 +558,17 @@ class _SparseConvBase(nn.Module):
         )
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        """x: features [V, C_in] -> [V', C_out] at the output sites of this convolution."""
+        """x: features [V, C_in] -> [V', C_out] at the output sites of this convolution.
+
+        With ``fp32`` (the first layer: raw point coordinates and intensities) the convolution
+        runs in float32 with autocast disabled and returns float32 features.
+        """
+        if self.fp32:
+            with torch.autocast(x.features.device.type, enabled=False):
+                return self._forward(x.replace_feature(x.features.float()))
+        return self._forward(x)
+
+    def _forward(self, x: SparseTensor) -> SparseTensor:
         if self._use_spconv(x):
             return self._forward_spconv(x)
         kmap = self.kernel_map(x)
@@ -435,6 +576,17 @@ class _SparseConvBase(nn.Module):
         if self.subm:
             return x.replace_feature(feats)
         return SparseTensor(feats, kmap.out_indices, kmap.out_shape, x.batch_size)
+
+    def indice_key(self, x: SparseTensor) -> str:
+        """spconv ``indice_key`` of this layer on x: submanifold layers of one level (same sites,
+        kernel and grid) share their index pairs; strided layers get their own key."""
+        shape = "x".join(str(v) for v in x.spatial_shape)
+        kernel = "x".join(str(v) for v in self.kernel_size)
+        if self.subm:
+            return f"subm_k{kernel}_{shape}"
+        stride = "x".join(str(v) for v in self.stride)
+        pad = "x".join(str(v) for v in self.padding)
+        return f"spconv_k{kernel}_s{stride}_p{pad}_{shape}"
 
     def _forward_spconv(self, x: SparseTensor) -> SparseTensor:
         sp = spconv_module()
@@ -447,18 +599,33 @@ class _SparseConvBase(nn.Module):
                 stride=self.stride,
                 padding=self.padding,
                 bias=False,
+                indice_key=self.indice_key(x) if self.subm else None,
             )
+            _check_spconv_layout(impl, self.out_channels, self.kernel_size, self.in_channels)
             del impl._parameters["weight"]  # replaced by a view of our parameter at each call
             self._spconv_impl.append(impl)
         impl = self._spconv_impl[0]
+        if self.subm:
+            impl.indice_key = self.indice_key(x)
         impl.weight = convert_weight(self.weight, "ours", "spconv2")
         impl.to(x.features.device)
-        st = sp.SparseConvTensor(x.features, x.indices.int(), list(x.spatial_shape), x.batch_size)
+        # One spconv tensor per set of sites, kept in the site cache: its indice_dict carries the
+        # index pairs of every submanifold layer of the level to the next layer (indice_key).
+        cached = x.cache.get("spconv_tensor")
+        if cached is None:
+            st = sp.SparseConvTensor(
+                x.features, x.indices.int(), list(x.spatial_shape), x.batch_size
+            )
+            x.cache["spconv_tensor"] = st
+        else:
+            st = cached.replace_feature(x.features)
         out = impl(st)
         feats = out.features if self.bias is None else out.features + self.bias
         if self.subm:
             return x.replace_feature(feats)
-        return SparseTensor(feats, out.indices.long(), tuple(out.spatial_shape), x.batch_size)  # type: ignore[arg-type]
+        y = SparseTensor(feats, out.indices.long(), tuple(out.spatial_shape), x.batch_size)  # type: ignore[arg-type]
+        y.cache["spconv_tensor"] = out
+        return y
 
 
 class SubMConv3d(_SparseConvBase):
@@ -475,9 +642,11 @@ class SubMConv3d(_SparseConvBase):
         *,
         bias: bool = False,
         backend: Backend = "auto",
+        fp32: bool = False,
     ) -> None:
         k = _triple(kernel_size)
-        super().__init__(in_channels, out_channels, k, 1, tuple(s // 2 for s in k), bias, backend)
+        pad = tuple(s // 2 for s in k)
+        super().__init__(in_channels, out_channels, k, 1, pad, bias, backend, fp32)
 
 
 class SparseConv3d(_SparseConvBase):
@@ -494,8 +663,11 @@ class SparseConv3d(_SparseConvBase):
         *,
         bias: bool = False,
         backend: Backend = "auto",
+        fp32: bool = False,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, backend)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, bias, backend, fp32
+        )
 
 
 def is_sparse_module(module: nn.Module) -> bool:

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,33 +54,32 @@ class VoxelGrid:
         )
 
 
+def _float32(v: float) -> float:
+    return float(np.float32(v))
+
+
 def _cells(geometry: Tensor, grid: VoxelGrid) -> tuple[Tensor, Tensor]:
     """Flat BEV index ``b * Y * X + y * X + x`` of every frustum point and its in-grid mask.
 
     geometry: [B, N, D, h, w, 3] -> (cell [B*N*D*h*w] int64, valid [B*N*D*h*w] bool).
+    The geometry is read in float32 whatever its dtype or the ambient autocast.
     """
     b = geometry.shape[0]
     # float32 exactly like the original: ``((geom - (coord - size / 2)) / size).int()`` with the
-    # buffer ``coord = lower + size / 2``.
-    cell = torch.tensor(grid.cell, dtype=torch.float32, device=geometry.device)
-    coord = torch.tensor(
-        [lo + c / 2.0 for lo, c in zip(grid.lower, grid.cell)],
-        dtype=torch.float32,
-        device=geometry.device,
-    )
-    idx = ((geometry.detach().float() - (coord - cell / 2.0)) / cell).int().long()
-    idx = idx.reshape(b, -1, 3)
+    # float32 buffer ``coord = lower + size / 2``. The two constants per axis are float32 values
+    # computed on the host (no tensor is built here), so the device arithmetic is the same.
+    geom = geometry.detach().to(torch.float32)
+    axes = []
+    for a in range(3):
+        size = _float32(grid.cell[a])
+        coord = _float32(grid.lower[a] + grid.cell[a] / 2.0)
+        base = _float32(np.float32(coord) - np.float32(size) / np.float32(2.0))
+        axes.append(((geom[..., a] - base) / size).int().long())
     nx, ny, nz = grid.size
-    valid = (
-        (idx[..., 0] >= 0)
-        & (idx[..., 0] < nx)
-        & (idx[..., 1] >= 0)
-        & (idx[..., 1] < ny)
-        & (idx[..., 2] >= 0)
-        & (idx[..., 2] < nz)
-    )
+    ix, iy, iz = (t.reshape(b, -1) for t in axes)
+    valid = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz)
     batch = torch.arange(b, device=geometry.device).view(b, 1)
-    flat = batch * (ny * nx) + idx[..., 1] * nx + idx[..., 0]
+    flat = batch * (ny * nx) + iy * nx + ix
     return flat.reshape(-1), valid.reshape(-1)
 
 
@@ -127,15 +127,19 @@ class _Csr:
     ``crow`` [n_rows + 1], ``col`` [K] (rows sorted, as produced by a sorted unique of
     ``row * n_cols + col``), ``row`` [K]; ``t_crow`` [n_cols + 1], ``t_col`` [K] and ``t_perm``
     [K] describe the transpose (entry k of the transpose is entry ``t_perm[k]``).
+    Index arithmetic only (built under ``no_grad``); the row pointers come from
+    ``searchsorted`` on the sorted rows, which needs no host synchronisation (``bincount`` on
+    CUDA reads its maximum back).
     """
 
     def __init__(self, row: Tensor, col: Tensor, n_rows: int, n_cols: int) -> None:
-        self.shape = (n_rows, n_cols)
-        self.row, self.col = row, col
-        self.crow = _crow(row, n_rows)
-        self.t_perm = torch.argsort(col, stable=True)
-        self.t_col = row[self.t_perm]
-        self.t_crow = _crow(col, n_cols)
+        with torch.no_grad():
+            self.shape = (n_rows, n_cols)
+            self.row, self.col = row, col
+            self.crow = _crow(row, n_rows)
+            self.t_perm = torch.argsort(col, stable=True)
+            self.t_col = row[self.t_perm]
+            self.t_crow = _crow(col[self.t_perm], n_cols)
 
     def matrix(self, vals: Tensor) -> Tensor:
         """The sparse matrix [n_rows, n_cols] with values ``vals`` [K] (pattern order)."""
@@ -154,27 +158,29 @@ def _csr(crow: Tensor, col: Tensor, vals: Tensor, size: tuple[int, int]) -> Tens
         )
 
 
-def _crow(sorted_or_any_rows: Tensor, n_rows: int) -> Tensor:
-    counts = torch.bincount(sorted_or_any_rows, minlength=n_rows)
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=counts.device)
-    crow[1:] = torch.cumsum(counts, 0)
-    return crow
+def _crow(sorted_rows: Tensor, n_rows: int) -> Tensor:
+    """Row pointers [n_rows + 1] of the sorted row indices ``sorted_rows`` [K]."""
+    bounds = torch.arange(n_rows + 1, device=sorted_rows.device, dtype=sorted_rows.dtype)
+    return torch.searchsorted(sorted_rows, bounds)
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32: the sparse products never run in half
+    precision (no CPU kernel; a rounded BEV on CUDA; bf16 SpMM has had wrong-output bugs)."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-    # Sparse kernels have no half-precision CPU path; accumulate in fp32 there (and always for
-    # stability of the sums).
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _SparseDenseMM(torch.autograd.Function):
     """``out = S @ dense`` with ``S`` given by a :class:`_Csr` pattern and values ``vals`` [K].
 
-    dense [P, C] -> [R, C]. Backward: ``ddense = S^T @ dout`` (CSR of the transpose) and
-    ``dvals = (dout @ dense^T)`` sampled at the pattern (``torch.sparse.sampled_addmm``).
+    dense [P, C] -> [R, C] in float32 (float64 for float64 inputs), whatever the ambient
+    autocast: forward and backward run with autocast disabled (autocast would cast the CSR
+    matrix and the context to fp16 / bf16). Backward: ``ddense = S^T @ dout`` (CSR of the
+    transpose) and ``dvals = (dout @ dense^T)`` sampled at the pattern
+    (``torch.sparse.sampled_addmm``); the gradients are returned in the input dtypes.
     """
 
     @staticmethod
@@ -183,27 +189,50 @@ class _SparseDenseMM(torch.autograd.Function):
         ctx.pattern = pattern
         ctx.in_dtypes = (vals.dtype, dense.dtype)
         ctx.save_for_backward(vals, dense)
-        return torch.sparse.mm(pattern.matrix(vals.to(dtype)), dense.to(dtype).contiguous())
+        with torch.autocast(dense.device.type, enabled=False):
+            return torch.sparse.mm(pattern.matrix(vals.to(dtype)), dense.to(dtype).contiguous())
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]  # noqa: ANN205
         vals, dense = ctx.saved_tensors
         pattern: _Csr = ctx.pattern
         dtype = _compute_dtype(vals, dense, grad_out)
-        grad_out = grad_out.to(dtype).contiguous()
         grad_vals = grad_dense = None
-        if ctx.needs_input_grad[1]:
-            sampled = torch.sparse.sampled_addmm(
-                pattern.matrix(vals.new_zeros(vals.shape, dtype=dtype)),
-                grad_out,
-                dense.to(dtype).t(),
-                beta=0.0,
-            )
-            grad_vals = sampled.values().to(ctx.in_dtypes[0])
-        if ctx.needs_input_grad[2]:
-            grad_dense = torch.sparse.mm(pattern.transposed(vals.to(dtype)), grad_out)
-            grad_dense = grad_dense.to(ctx.in_dtypes[1])
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grad_out = grad_out.to(dtype).contiguous()
+            if ctx.needs_input_grad[1]:
+                sampled = torch.sparse.sampled_addmm(
+                    pattern.matrix(vals.new_zeros(vals.shape, dtype=dtype)),
+                    grad_out,
+                    dense.to(dtype).t(),
+                    beta=0.0,
+                )
+                grad_vals = sampled.values().to(ctx.in_dtypes[0])
+            if ctx.needs_input_grad[2]:
+                grad_dense = torch.sparse.mm(pattern.transposed(vals.to(dtype)), grad_out)
+                grad_dense = grad_dense.to(ctx.in_dtypes[1])
         return None, grad_vals, grad_dense
+
+
+def pooling_pattern(geometry: Tensor, grid: VoxelGrid) -> tuple[_Csr, Tensor]:
+    """The index preparation of :func:`voxel_pool` (no gradients, integer work only).
+
+    geometry [B, N, D, h, w, 3] -> (pattern of S [B*Y*X + 1 (dummy row), B*N*h*w], inverse
+    [B*N*D*h*w]: the entry of S each frustum point adds its depth to).
+    """
+    b, n, d, h, w, _ = geometry.shape
+    nx, ny, _ = grid.size
+    n_cells = b * ny * nx
+    n_pix = b * n * h * w
+    with torch.no_grad():
+        cell, valid = _cells(geometry, grid)
+        cell = torch.where(valid, cell, torch.full_like(cell, n_cells))  # dummy row n_cells
+        # Pixel (b, n, v, u) of every frustum point, as a flat row of context [B*N*h*w, C].
+        pix = torch.arange(n_pix, device=geometry.device).view(b * n, 1, h * w)
+        pix = pix.expand(b * n, d, h * w).reshape(-1)
+        uniq, inverse = torch.unique(cell * n_pix + pix, sorted=True, return_inverse=True)
+        rows = torch.div(uniq, n_pix, rounding_mode="floor")
+        return _Csr(rows, uniq - rows * n_pix, n_cells + 1, n_pix), inverse
 
 
 def voxel_pool(geometry: Tensor, depth: Tensor, context: Tensor, grid: VoxelGrid) -> Tensor:
@@ -211,7 +240,11 @@ def voxel_pool(geometry: Tensor, depth: Tensor, context: Tensor, grid: VoxelGrid
 
     Same signature and result as :func:`voxel_pool_reference`:
     geometry [B, N, D, h, w, 3] (ego metres), depth [B, N, D, h, w], context [B, N, C, h, w]
-    -> [B, C, Y, X]. Differentiable w.r.t. depth and context.
+    -> [B, C, Y, X] in ``promote_types(depth.dtype, context.dtype)``. Differentiable w.r.t.
+    depth and context. The merge and the sparse products accumulate in float32 (float64 for
+    float64 inputs) under any autocast. Points outside the grid go to one extra dummy row of S
+    (dropped at the end) instead of being selected, so the only host synchronisation is the
+    size of ``torch.unique``.
     """
     _check(geometry, depth, context)
     b, n, d, h, w = depth.shape
@@ -219,19 +252,12 @@ def voxel_pool(geometry: Tensor, depth: Tensor, context: Tensor, grid: VoxelGrid
     nx, ny, _ = grid.size
     n_cells = b * ny * nx
     n_pix = b * n * h * w
-    cell, valid = _cells(geometry, grid)
-    # Pixel (b, n, v, u) of every frustum point, as a flat row of context [B*N*h*w, C].
-    pix = torch.arange(n_pix, device=depth.device).view(b * n, 1, h * w).expand(b * n, d, h * w)
-    pix = pix.reshape(-1)
-    point = torch.nonzero(valid).squeeze(1)
-    key = cell[point] * n_pix + pix[point]
-    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
-    vals = depth.reshape(-1).new_zeros(uniq.numel())
-    vals = vals.index_add(0, inverse, depth.reshape(-1)[point])  # S values, autograd-tracked
-    rows = torch.div(uniq, n_pix, rounding_mode="floor")
-    pattern = _Csr(rows, uniq - rows * n_pix, n_cells, n_pix)
+    dtype = _compute_dtype(depth, context)
+    pattern, inverse = pooling_pattern(geometry, grid)
+    flat_depth = depth.reshape(-1).to(dtype)
+    vals = flat_depth.new_zeros(pattern.col.shape[0]).index_add(0, inverse, flat_depth)
     dense = context.permute(0, 1, 3, 4, 2).reshape(n_pix, c)  # [B*N*h*w, C]
-    out = _SparseDenseMM.apply(pattern, vals, dense)
+    out = _SparseDenseMM.apply(pattern, vals, dense)[:n_cells]
     out = out.to(torch.promote_types(depth.dtype, context.dtype))
     return out.view(b, ny, nx, c).permute(0, 3, 1, 2).contiguous()
 
@@ -245,4 +271,10 @@ def pool_fn(impl: str):  # noqa: ANN201
     raise ValueError(f"unknown voxel pooling implementation {impl!r} (use 'fast' or 'reference')")
 
 
-__all__: Sequence[str] = ("VoxelGrid", "voxel_pool", "voxel_pool_reference", "pool_fn")
+__all__: Sequence[str] = (
+    "VoxelGrid",
+    "voxel_pool",
+    "voxel_pool_reference",
+    "pool_fn",
+    "pooling_pattern",
+)

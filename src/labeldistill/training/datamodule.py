@@ -7,6 +7,8 @@
 * evaluation split: no augmentation, no depth, a non-shuffling DistributedSampler (padded to a
   multiple of the world size; :func:`~labeldistill.training.modules.gather_records` drops the
   padding);
+* images travel as uint8 (``data.uint8_images``), pinned (``Batch.pin_memory``) when CUDA is
+  available, copied with ``non_blocking=True`` and normalised by the student on the device;
 * ``set_epoch(epoch)`` is forwarded to the training dataset (its per-item augmentation seeds);
   Lightning calls ``set_epoch`` of the sampler itself. Workers are not persistent, so every
   epoch's workers see the new epoch.
@@ -79,7 +81,11 @@ class StageDataModule(L.LightningDataModule):
     def train_dataset(self) -> NuScenesDataset:
         if self._train is None:
             self._train = build_dataset(
-                self.data_cfg, self.cfg.data.train_split, train=True, seed=self.cfg.trainer.seed
+                self.data_cfg,
+                self.cfg.data.train_split,
+                train=True,
+                seed=self.cfg.trainer.seed,
+                uint8_images=self.cfg.data.uint8_images,
             )
         return self._train
 
@@ -87,7 +93,11 @@ class StageDataModule(L.LightningDataModule):
     def eval_dataset(self) -> NuScenesDataset:
         if self._eval is None:
             self._eval = build_dataset(
-                self.eval_data_cfg, self.eval_split, train=False, seed=self.cfg.trainer.seed
+                self.eval_data_cfg,
+                self.eval_split,
+                train=False,
+                seed=self.cfg.trainer.seed,
+                uint8_images=self.cfg.data.uint8_images,
             )
         return self._eval
 

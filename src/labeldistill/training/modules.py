@@ -113,7 +113,8 @@ class StageModule(L.LightningModule):
         self, batch: Any, device: torch.device, dataloader_idx: int
     ) -> Any:
         if isinstance(batch, Batch):
-            return batch.to(device)
+            # Asynchronous from pinned memory (the loader pins with CUDA); a plain copy otherwise.
+            return batch.to(device, non_blocking=True)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

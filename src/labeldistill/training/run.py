@@ -64,12 +64,37 @@ def resolve_precision(cfg: ExperimentConfig) -> str:
 
 def resolve_strategy(cfg: ExperimentConfig) -> Any:
     """``ddp`` (also chosen by ``auto`` with several devices or nodes) -> DDPStrategy with
-    ``find_unused_parameters=True`` (the original's Lightning 1.6 default); on CPU Lightning
-    picks the gloo backend."""
+    ``find_unused_parameters = trainer.find_unused_parameters`` (default False: every stage uses
+    all its trainable parameters; the original's Lightning 1.6 default True costs a graph walk per
+    step); on CPU Lightning picks the gloo backend."""
     strategy = cfg.trainer.strategy
     if strategy == "ddp" or (strategy == "auto" and world_size(cfg) > 1):
-        return DDPStrategy(find_unused_parameters=True)
+        return DDPStrategy(find_unused_parameters=cfg.trainer.find_unused_parameters)
     return strategy
+
+
+def resolve_deterministic(cfg: ExperimentConfig) -> bool | str:
+    """Lightning's ``deterministic``: ``trainer.deterministic`` on CPU; on CUDA ``"warn"``
+    (``torch.use_deterministic_algorithms(True, warn_only=True)``): the backward of the DepthNet's
+    ASPP average pooling and of bilinear upsampling have no deterministic CUDA kernel and would
+    raise; they warn and stay non-deterministic, every other op is deterministic."""
+    if not cfg.trainer.deterministic:
+        return False
+    return "warn" if uses_cuda(cfg) else True
+
+
+def resolve_benchmark(cfg: ExperimentConfig) -> bool:
+    """``trainer.cudnn_benchmark``; null -> on with CUDA unless deterministic."""
+    if cfg.trainer.cudnn_benchmark is not None:
+        return bool(cfg.trainer.cudnn_benchmark)
+    return uses_cuda(cfg) and not cfg.trainer.deterministic
+
+
+def apply_cuda_flags(cfg: ExperimentConfig) -> None:
+    """TF32 switches of ``cfg.trainer`` (CUDA runs only; global torch state)."""
+    if uses_cuda(cfg):
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.trainer.matmul_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.trainer.cudnn_tf32)
 
 
 def build_trainer(
@@ -78,6 +103,7 @@ def build_trainer(
     """A Lightning Trainer from ``cfg.trainer`` and ``cfg.optim.grad_clip``."""
     t = cfg.trainer
     validate = fit and t.check_val_every_n_epoch > 0
+    apply_cuda_flags(cfg)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -88,7 +114,8 @@ def build_trainer(
         # trainer.max_steps is applied by the StepLimit callback of train() (exact resume)
         gradient_clip_val=cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else None,
         gradient_clip_algorithm="norm",
-        deterministic=t.deterministic,
+        deterministic=resolve_deterministic(cfg),  # type: ignore[arg-type]
+        benchmark=resolve_benchmark(cfg),
         log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=1.0 if validate else 0,
