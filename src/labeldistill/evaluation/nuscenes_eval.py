@@ -392,6 +392,31 @@ def _distance_band_ap(evaluator: Any) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _empty_tolerant_filter() -> Any:
+    """Let the devkit's ``DetectionEval`` accept a side without any box at all.
+
+    ``filter_eval_boxes`` looks for a box to tell detection from tracking boxes and raises
+    ``Invalid box type: None`` when every sample is empty (a young model whose every score is
+    under the threshold). Filtering removes boxes only, so an empty set passes unchanged; every
+    other set goes through the devkit's own filter.
+    """
+    from nuscenes.eval.detection import evaluate as devkit_evaluate
+
+    original = devkit_evaluate.filter_eval_boxes
+
+    def tolerant(nusc: Any, eval_boxes: Any, max_dist: Any, verbose: bool = False) -> Any:
+        if not any(len(boxes) for boxes in eval_boxes.boxes.values()):
+            return eval_boxes
+        return original(nusc, eval_boxes, max_dist, verbose=verbose)
+
+    devkit_evaluate.filter_eval_boxes = tolerant
+    try:
+        yield
+    finally:
+        devkit_evaluate.filter_eval_boxes = original
+
+
 def _finite_or_none(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
@@ -458,7 +483,7 @@ def evaluate_json(
         )
 
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
+    with contextlib.redirect_stdout(captured), _empty_tolerant_filter():
         evaluator = DetectionEval(
             nusc,
             config=config_factory("detection_cvpr_2019"),

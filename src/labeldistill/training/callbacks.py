@@ -227,3 +227,38 @@ class EMACallback(L.Callback):
     ) -> None:
         if EMA_KEY in checkpoint:
             self._pending = checkpoint[EMA_KEY]
+
+
+class StepLimit(L.Callback):
+    """Stops ``fit`` once ``max_steps`` optimizer steps are done (``trainer.max_steps``).
+
+    Lightning's own ``max_steps`` switches its loops to "iteration-based" restarts: resumed from
+    an end-of-epoch checkpoint, it re-enters the epoch that had finished, trains one step more
+    and overwrites that epoch's files. Stopping through ``trainer.should_stop`` instead keeps
+    Lightning's epoch-based resume, which continues exactly where the checkpoint was written;
+    the uninterrupted run stops at the same step as with Lightning's limit (the epoch is closed
+    and its checkpoint written).
+    """
+
+    def __init__(self, max_steps: int) -> None:
+        super().__init__()
+        self.max_steps = max_steps
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self.max_steps >= 0 and trainer.global_step >= self.max_steps:
+            if not trainer.should_stop:
+                log.info("stopping: trainer.max_steps=%d reached", self.max_steps)
+            trainer.should_stop = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._check(trainer)

@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from labeldistill.config import ExperimentConfig, dump_config
 from labeldistill.data.io import atomic_write_text
 from labeldistill.errors import CheckpointError
-from labeldistill.training.callbacks import EMACallback, ema_files
+from labeldistill.training.callbacks import EMACallback, StepLimit, ema_files
 from labeldistill.training.checkpoints import (
     checkpoint_callback,
     ema_dir,
@@ -85,7 +85,7 @@ def build_trainer(
         strategy=resolve_strategy(cfg),
         precision=resolve_precision(cfg),  # type: ignore[arg-type]
         max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
+        # trainer.max_steps is applied by the StepLimit callback of train() (exact resume)
         gradient_clip_val=cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else None,
         gradient_clip_algorithm="norm",
         deterministic=t.deterministic,
@@ -150,6 +150,8 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
         else None
     )
     callbacks: list[Callback] = [checkpoint_callback(cfg), TQDMProgressBar()]
+    if cfg.trainer.max_steps >= 0:
+        callbacks.append(StepLimit(cfg.trainer.max_steps))
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if ema_cb is not None:
         callbacks.insert(0, ema_cb)
