@@ -61,6 +61,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--out", default=None, help="where to write info files (default: dataroot)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-depth", action="store_true", help="skip the depth ground truth")
+    p.add_argument(
+        "--depth-out",
+        default=None,
+        help="where to write depth GT (default: DATAROOT/depth_gt; train with "
+        "--set data.depth_gt_dir=DIR)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from labeldistill.data.prepare import prepare
@@ -71,6 +77,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
             out_dir=args.out,
             workers=args.workers,
             depth=not args.no_depth,
+            depth_out=args.depth_out,
         )
         return 0
 

@@ -81,6 +81,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     info_dir: str | None = None  # where the info files are; default: dataroot
+    depth_gt_dir: str | None = None  # where depth GT is (prepare --depth-out); default: dataroot/depth_gt
     key_idxes: tuple[int, ...] = (-2, -4)  # offsets of previous key frames in the info list
     image_size: tuple[int, int] = (256, 704)  # network input H, W
     ida_aug: ImageAugConfig = field(default_factory=ImageAugConfig)

@@ -17,9 +17,65 @@ from typing import Any
 
 import numpy as np
 
-from labeldistill.errors import DataError
+from labeldistill.errors import DataError, UserError
 
 POINT_DIMS = 5  # x, y, z, intensity, ring (nuScenes .pcd.bin, float32)
+
+
+def die_with_parent() -> None:
+    """Pool initializer: the worker gets SIGKILL when its parent process dies (Linux
+    ``PR_SET_PDEATHSIG``), so a ``kill -9`` of the command leaves no orphaned workers. No-op
+    where prctl is unavailable."""
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def remove_stale_temporaries(directory: str | Path) -> int:
+    """Delete the temporary files that :func:`atomic_path` left in ``directory`` (not
+    recursive) when its writer was killed: their name carries the writer's pid, and only those
+    of processes that no longer run are removed (a concurrent writer keeps its own). -> count."""
+    removed = 0
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    for tmp in directory.glob(".*.tmp"):
+        pid_text = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 4 else ""
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -27,15 +83,59 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # ``.<name>.<pid>.<random>.tmp``: remove_stale_temporaries() tells a dead writer's leftovers
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates mode 0600; give the file the mode a plain open() would (the umask)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _check_writable_base(path: Path, start: Path, flag: str) -> None:
+    """The nearest existing directory at or above ``start`` is writable (for ``path``).
+    Probed with a temporary file: permission bits do not tell for root, ACLs or read-only
+    mounts."""
+    base = start
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"{flag} {path}: {base} is a file, not a directory: choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".labeldistill-write-test.", dir=base)
+    except OSError as exc:
+        raise UserError(
+            f"{flag} {path}: {base} is not writable ({exc.strerror}): choose a writable path"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Fail early with one line unless ``path`` can be written as a file (not a directory;
+    its directory exists or can be created, and is writable). Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory: give a file name (e.g. {path}/out)")
+    _check_writable_base(path, path.parent, flag)
+    return path
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Fail early with one line unless ``path`` is (or can be created as) a writable directory.
+    Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file: give a directory")
+    _check_writable_base(path, path, flag)
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
