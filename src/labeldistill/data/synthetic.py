@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from labeldistill.data.io import die_with_parent
+from labeldistill.data.io import check_output_dir, die_with_parent
 from labeldistill.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -563,6 +563,7 @@ def generate(
         raise UserError(f"--workers must be at least 1, got {workers}")
     out = Path(out).absolute()
     _check_out(out, overwrite)
+    check_output_dir(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
