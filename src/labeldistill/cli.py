@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from labeldistill.errors import UserError
+from labeldistill.errors import UserError, one_line
 
 
 def _out_dir(path: str, flag: str = "--out") -> str:
@@ -26,6 +26,7 @@ def _out_file(path: str, flag: str = "--out") -> str:
 
     check_output_file(path, flag)
     return path
+
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -267,6 +268,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from labeldistill.config import load_config
 
+        if args.onnx is not None and args.ckpt is not None:
+            raise UserError(
+                "--ckpt is not used with --onnx (the ONNX file holds the weights): pass one of them"
+            )
         cfg = load_config(args.config, args.overrides)
         _out_file(args.out)
         if args.onnx is not None:
@@ -455,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handlers[args.command](args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

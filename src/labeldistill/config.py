@@ -81,7 +81,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     info_dir: str | None = None  # where the info files are; default: dataroot
-    depth_gt_dir: str | None = None  # where depth GT is (prepare --depth-out); default: dataroot/depth_gt
+    depth_gt_dir: str | None = (
+        None  # where depth GT is (prepare --depth-out); default: dataroot/depth_gt
+    )
     key_idxes: tuple[int, ...] = (-2, -4)  # offsets of previous key frames in the info list
     image_size: tuple[int, int] = (256, 704)  # network input H, W
     ida_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
@@ -522,7 +524,9 @@ def validate_ranges(cfg: ExperimentConfig) -> ExperimentConfig:
         "a fraction in (0, 1] of the epoch's batches",
         t.limit_train_batches,
     )
-    _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "at least 1", t.log_every_n_steps)
+    _require(
+        t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "at least 1", t.log_every_n_steps
+    )
     _require(
         t.check_val_every_n_epoch >= 0,
         "trainer.check_val_every_n_epoch",

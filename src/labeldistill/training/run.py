@@ -206,7 +206,9 @@ class LossSummary(Callback):
     def text(self) -> str:
         if not self.last:
             return "(none logged)"
-        return ", ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in sorted(self.last.items()))
+        return ", ".join(
+            f"{k.removeprefix('train/')} {v:.4f}" for k, v in sorted(self.last.items())
+        )
 
 
 def _fit_or_predict(trainer: L.Trainer, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -271,7 +273,9 @@ class _RunStart(Callback):
         for path in self.stale:
             path.unlink(missing_ok=True)
         if self.stale:
-            log.info("removed %d files of the earlier run in %s", len(self.stale), run_dir(self.cfg))
+            log.info(
+                "removed %d files of the earlier run in %s", len(self.stale), run_dir(self.cfg)
+            )
         atomic_write_text(run_dir(self.cfg) / "config.yaml", dump_config(self.cfg))
 
 
