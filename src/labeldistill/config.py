@@ -3,7 +3,10 @@
 A YAML file maps 1:1 onto :class:`ExperimentConfig`; unknown keys fail with their dotted path.
 A file may name ``base: <file>`` (relative to itself, or a shipped config name); the base is
 loaded first and the file's keys are merged over it (dicts merge recursively, everything else
-replaces). Command-line overrides ``a.b.c=value`` are applied last; values are parsed as YAML.
+replaces). Command-line overrides ``a.b.c=value`` are applied last; values are parsed as YAML
+(a number given to a string field stays the text typed). ``${a.b}`` inside a string value is
+replaced by the value of key ``a.b`` (after overrides). Numeric values are range-checked
+(:func:`validate_ranges`).
 
 Config names resolve to ``src/labeldistill/configs/<name>.yaml`` (shipped as package data);
 a path to a YAML file works too.
@@ -12,6 +15,7 @@ a path to a YAML file works too.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -390,6 +394,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``${a.b}`` inside string values by the value of key ``a.b`` of the same config
+    (after overrides), e.g. ``lidar_ckpt: ${trainer.output_dir}/centerpoint_tiny/...`` follows
+    ``--set trainer.output_dir=...``. The referenced value must be a plain string or number."""
+
+    def lookup(dotted: str, where: str) -> str:
+        node: Any = data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"config key '{where}' refers to '${{{dotted}}}', which is not set")
+            node = node[part]
+        if isinstance(node, bool) or not isinstance(node, (str, int, float)):
+            raise ConfigError(
+                f"config key '{where}' refers to '${{{dotted}}}', which is not a string or number"
+            )
+        if isinstance(node, str) and _REFERENCE.search(node):
+            raise ConfigError(f"config key '{where}': '${{{dotted}}}' holds a reference itself")
+        return str(node)
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, str) and _REFERENCE.search(node):
+            return _REFERENCE.sub(lambda m: lookup(m.group(1), where), node)
+        return node
+
+    return walk(data, "")
+
+
 def _convert(tp: Any, value: Any, path: str) -> Any:
     """Convert a YAML value to the annotated type ``tp`` (dataclasses, tuples, unions)."""
     origin = typing.get_origin(tp)
@@ -478,7 +516,7 @@ def to_dict(cfg: Any) -> Any:
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an experiment config by shipped name or YAML path, with dotted overrides."""
     path = resolve_config_path(name_or_path)
-    data = apply_overrides(_read_yaml(path), overrides or [])
+    data = resolve_references(apply_overrides(_read_yaml(path), overrides or []))
     return validate_ranges(from_dict(ExperimentConfig, data))
 
 
