@@ -406,7 +406,9 @@ def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
         node: Any = data
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"config key '{where}' refers to '${{{dotted}}}', which is not set")
+                raise ConfigError(
+                    f"config key '{where}' refers to '${{{dotted}}}', which is not set"
+                )
             node = node[part]
         if isinstance(node, bool) or not isinstance(node, (str, int, float)):
             raise ConfigError(

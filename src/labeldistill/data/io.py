@@ -22,25 +22,33 @@ from labeldistill.errors import DataError, UserError
 POINT_DIMS = 5  # x, y, z, intensity, ring (nuScenes .pcd.bin, float32)
 
 
-def die_with_parent() -> None:
-    """Pool initializer: the worker gets SIGKILL when its parent process dies (Linux
-    ``PR_SET_PDEATHSIG``), so a ``kill -9`` of the command leaves no orphaned workers. No-op
-    where prctl is unavailable."""
-    import ctypes
-    import ctypes.util
+def die_with_parent(pid: int) -> None:
+    """Pool initializer (``initializer=die_with_parent, initargs=(os.getpid(),)``): the worker
+    exits once process ``pid``, the command that made the pool, is gone, so a ``kill -9`` of the
+    command leaves no orphaned workers. A forkserver worker's parent is the forkserver, which
+    itself lives as long as its workers, so the worker watches ``pid`` from a daemon thread
+    (and, where ``pid`` is its direct parent on Linux, also asks for ``PR_SET_PDEATHSIG``)."""
     import signal
     import sys
+    import threading
+    import time
 
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if sys.platform.startswith("linux") and os.getppid() == pid:
+        import ctypes
+        import ctypes.util
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while _pid_alive(pid):
+            time.sleep(0.5)
         os._exit(1)
+
+    if not _pid_alive(pid):
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def remove_stale_temporaries(directory: str | Path) -> int:
@@ -62,13 +70,19 @@ def remove_stale_temporaries(directory: str | Path) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    stat_file = Path("/proc") / str(pid) / "stat"
+    try:
+        state = stat_file.read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state != "Z"
 
 
 def _umask() -> int:

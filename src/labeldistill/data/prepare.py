@@ -146,7 +146,12 @@ def _run_samples(
                 bar.update(len(chunk))
             return total
         ctx = multiprocessing.get_context("forkserver")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent)
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
         try:
             pending: dict[Future, int] = {
                 pool.submit(_process_chunk, chunk, str(dataroot), depth): len(chunk)

@@ -588,7 +588,10 @@ def generate(
                 import multiprocessing as mp
 
                 with ProcessPoolExecutor(
-                    workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+                    workers,
+                    mp_context=mp.get_context("spawn"),
+                    initializer=die_with_parent,
+                    initargs=(os.getpid(),),
                 ) as pool:
                     futs = {pool.submit(_scene_job, job): job[2] for job in jobs}
                     for fut in as_completed(futs):

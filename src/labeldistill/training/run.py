@@ -165,6 +165,15 @@ class _StderrProgressBar(TQDMProgressBar):
     def init_sanity_tqdm(self) -> Any:
         return self._on_stderr(super().init_sanity_tqdm)
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Close the bars, so that the error line the CLI prints starts a line of its own."""
+        for name in ("train", "val", "test", "predict"):
+            bar = getattr(self, f"_{name}_progress_bar", None)
+            if bar is not None and not getattr(bar, "disable", True):
+                bar.close()
+
 
 def _progress_bar() -> Callback:
     return _StderrProgressBar()
