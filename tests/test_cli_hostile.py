@@ -221,26 +221,38 @@ _KILLER = textwrap.dedent(
 )
 
 
+#: 8 samples / batch 2 = 4 steps per epoch; max_steps 8 = 2 epochs.
+RESUME_COMMON = [
+    "data.train_split=mini_val",
+    "trainer.deterministic=true",
+    "trainer.max_steps=8",
+    "trainer.max_epochs=100",
+    "trainer.keep_epochs=-1",
+    "trainer.ema_decay=0.9",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output dir of the uninterrupted run ``full`` (8 steps)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    args = _sets(synthetic_root, out, "name=full", *RESUME_COMMON)
+    assert main(["train", "bevdepth_tiny", *args]) == 0
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [4, 6], ids=["epoch_boundary", "mid_epoch"])
 def test_item02_resume_after_kill9_equals_the_uninterrupted_run(
-    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, kill_at: int
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    uninterrupted: Path,
+    kill_at: int,
 ) -> None:
-    """8 samples / batch 2 = 4 steps per epoch, max_steps 8 (2 epochs); kill -9 before step
-    ``kill_at`` + 1, then ``train --resume last``: every tensor, the EMA and the global step of
-    each epoch file equal the uninterrupted run's."""
-    common = [
-        "data.train_split=mini_val",
-        "trainer.deterministic=true",
-        "trainer.max_steps=8",
-        "trainer.max_epochs=100",
-        "trainer.keep_epochs=-1",
-        "trainer.ema_decay=0.9",
-    ]
-    rc, _, err = _run(
-        capsys, "train", "bevdepth_tiny", *_sets(synthetic_root, tmp_path, "name=full", *common)
-    )
-    assert rc == 0, err
+    """kill -9 before step ``kill_at`` + 1, then ``train --resume last``: every tensor, the EMA
+    and the global step of each epoch file equal the uninterrupted run's."""
+    common = RESUME_COMMON
     args = ["train", "bevdepth_tiny", *_sets(synthetic_root, tmp_path, "name=part", *common)]
     killed = subprocess.run(
         [sys.executable, "-c", _KILLER, *args],
@@ -255,7 +267,7 @@ def test_item02_resume_after_kill9_equals_the_uninterrupted_run(
     rc, _, err = _run(capsys, *args, "--resume", "last")
     assert rc == 0, err
     for name, step in (("epoch_0.ckpt", 4), ("epoch_1.ckpt", 8), ("last.ckpt", 8)):
-        a = torch.load(tmp_path / "full" / "checkpoints" / name, weights_only=True)
+        a = torch.load(uninterrupted / "full" / "checkpoints" / name, weights_only=True)
         b = torch.load(part / name, weights_only=True)
         assert a["global_step"] == b["global_step"] == step, name
         for key in ("state_dict", "ema_state_dict"):
@@ -265,7 +277,7 @@ def test_item02_resume_after_kill9_equals_the_uninterrupted_run(
 
     for epoch in (0, 1):
         ema = f"epoch_{epoch}.safetensors"
-        a, b = (load_file(tmp_path / n / "ema" / ema) for n in ("full", "part"))
+        a, b = (load_file(d / "ema" / ema) for d in (uninterrupted / "full", tmp_path / "part"))
         assert all(torch.equal(v, b[k]) for k, v in a.items()), ema
 
 
@@ -538,8 +550,38 @@ def test_item07_synth_overwrite_replaces_its_own_dataset(
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def prepared_elsewhere(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``prepare --out infos --depth-out depth`` of a copy without infos and depth GT, under
+    umask 022: the dataroot, the info and the depth directories."""
+    base = tmp_path_factory.mktemp("prepared_elsewhere")
+    root = linked_root(synthetic_root, base / "root", infos=False, depth=False)
+    infos, depth = base / "infos", base / "depth"
+    old = os.umask(0o022)
+    try:
+        rc = main(
+            [
+                "prepare",
+                "--dataroot",
+                str(root),
+                "--version",
+                "v1.0-mini",
+                "--workers",
+                "1",
+                "--out",
+                str(infos),
+                "--depth-out",
+                str(depth),
+            ]  # fmt: skip
+        )
+    finally:
+        os.umask(old)
+    assert rc == 0
+    return {"root": root, "infos": infos, "depth": depth}
+
+
 def test_item08_written_files_honour_the_umask(
-    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, prepared_elsewhere: dict
 ) -> None:
     old = os.umask(0o022)
     try:
@@ -555,11 +597,6 @@ def test_item08_written_files_honour_the_umask(
             "--gt-as-results",
             "--out",
             tmp_path / "eval",
-        )
-        assert rc == 0, err
-        root = linked_root(synthetic_root, tmp_path / "root", infos=False, depth=False)
-        rc, _, err = _run(
-            capsys, "prepare", "--dataroot", root, "--version", "v1.0-mini", "--workers", "1"
         )
         assert rc == 0, err
         os.umask(0o077)
@@ -586,8 +623,8 @@ def test_item08_written_files_honour_the_umask(
     for name in ("results_gt.json", "metrics.json"):
         assert mode(tmp_path / "eval" / name) == 0o644, name
         assert mode(tmp_path / "private" / name) == 0o600, name
-    assert mode(root / "nuscenes_infos_mini_val.pkl") == 0o644
-    depth = sorted((root / "depth_gt").iterdir())
+    assert mode(prepared_elsewhere["infos"] / "nuscenes_infos_mini_val.pkl") == 0o644
+    depth = sorted(prepared_elsewhere["depth"].iterdir())
     assert depth and {mode(p) for p in depth} == {0o644}
 
 
@@ -1025,29 +1062,13 @@ def test_item18_train_output(tiny_run: dict) -> None:
 
 
 def test_item19_depth_gt_out_of_a_read_only_dataroot(
-    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, prepared_elsewhere: dict
 ) -> None:
-    root = linked_root(synthetic_root, tmp_path / "root", infos=False, depth=False)
+    root, infos, depth = (prepared_elsewhere[k] for k in ("root", "infos", "depth"))
     rc, _, err = _run(
-        capsys, "prepare", "--dataroot", root, "--version", "v1.0-mini", "--out", READ_ONLY
+        capsys, "prepare", "--dataroot", root, "--version", "v1.0-mini", "--depth-out", READ_ONLY
     )
     _error_line(rc, err, READ_ONLY)
-    infos, depth = tmp_path / "infos", tmp_path / "depth"
-    rc, _, err = _run(
-        capsys,
-        "prepare",
-        "--dataroot",
-        root,
-        "--version",
-        "v1.0-mini",
-        "--workers",
-        "1",
-        "--out",
-        infos,
-        "--depth-out",
-        depth,
-    )
-    assert rc == 0, err
     assert not (root / "depth_gt").exists() and not list(root.glob("nuscenes_infos_*"))
     reference = synthetic_root / "depth_gt"
     assert sorted(p.name for p in depth.iterdir()) == sorted(p.name for p in reference.iterdir())
