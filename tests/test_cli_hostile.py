@@ -1052,7 +1052,9 @@ def test_item18_train_output(tiny_run: dict) -> None:
     assert not any(line.startswith("INFO: ") for line in lines)
     assert "Tip:" not in tiny_run["stderr"]
     (summary,) = [line for line in logged if "finished tiny" in line]
-    assert "2 steps" in summary and "final losses" in summary and "loss " in summary
+    assert (
+        "2 steps" in summary and "mean losses of the last epoch: " in summary and "loss " in summary
+    )
     assert str(tiny_run["run"] / "checkpoints" / "last.ckpt") in summary
 
 

@@ -13,7 +13,6 @@ The run directory layout is documented in docs/training.md.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 import warnings
@@ -180,10 +179,11 @@ def _progress_bar() -> Callback:
 
 
 class LossSummary(Callback):
-    """Mean of each logged training loss over the last epoch, for the end-of-training line."""
+    """Mean of each logged training loss over the last epoch, for the end-of-training line
+    (summed on the device; one transfer per epoch)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.last: dict[str, float] = {}
 
@@ -199,25 +199,21 @@ class LossSummary(Callback):
         batch_idx: int,
     ) -> None:
         for key, value in trainer.callback_metrics.items():
-            if not key.startswith("train/") or not isinstance(value, torch.Tensor):
-                continue
-            if value.numel() != 1:
-                continue
-            v = float(value)
-            if math.isfinite(v):
-                self.sums[key] = self.sums.get(key, 0.0) + v
+            if key.startswith("train/") and isinstance(value, torch.Tensor) and value.numel() == 1:
+                total = self.sums.get(key)
+                value = value.detach().reshape(())
+                self.sums[key] = value.clone() if total is None else total + value
                 self.counts[key] = self.counts.get(key, 0) + 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.counts:
-            self.last = {k: self.sums[k] / self.counts[k] for k in self.sums}
+            self.last = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
 
     def text(self) -> str:
         if not self.last:
             return "(none logged)"
-        return ", ".join(
-            f"{k.removeprefix('train/')} {v:.4f}" for k, v in sorted(self.last.items())
-        )
+        items = sorted(self.last.items())
+        return ", ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in items)
 
 
 def _fit_or_predict(trainer: L.Trainer, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -362,7 +358,8 @@ def train(
     if trainer.is_global_zero:
         elapsed = time.monotonic() - start.started if start.started else 0.0
         log.info(
-            "finished %s: %d steps, %d epochs in %.0f s; final losses %s; checkpoint %s%s",
+            "finished %s: %d steps, %d epoch(s) in %.0f s; mean losses of the last epoch: %s; "
+            "checkpoint %s%s",
             cfg.name,
             trainer.global_step,
             trainer.current_epoch,
