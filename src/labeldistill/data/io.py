@@ -86,7 +86,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _umask() -> int:
-    """The process umask (read by setting it and putting it back)."""
+    """The process umask: from /proc on Linux, else read by setting it and putting it back
+    (which briefly changes it for other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
