@@ -24,7 +24,7 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch):
 
     calls: list = []
 
-    def fake_train(cfg, resume=None):
+    def fake_train(cfg, resume=None, overwrite=False):
         calls.append(("train", cfg))
         ckpt = last_checkpoint(cfg)
         ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,22 @@ import logging
 import sys
 from collections.abc import Callable
 
-from labeldistill.errors import UserError
+from labeldistill.errors import UserError, one_line
+
+
+def _out_dir(path: str, flag: str = "--out") -> str:
+    from labeldistill.data.io import check_output_dir
+
+    check_output_dir(path, flag)
+    return path
+
+
+def _out_file(path: str, flag: str = "--out") -> str:
+    from labeldistill.data.io import check_output_file
+
+    check_output_file(path, flag)
+    return path
+
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -82,16 +97,25 @@ def _add_prepare(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--out", default=None, help="where to write info files (default: dataroot)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-depth", action="store_true", help="skip the depth ground truth")
+    p.add_argument(
+        "--depth-out",
+        default=None,
+        help="where to write depth GT (default: DATAROOT/depth_gt; train with "
+        "--set data.depth_gt_dir=DIR)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from labeldistill.data.prepare import prepare
 
+        if args.out is not None:
+            _out_dir(args.out)
         prepare(
             args.dataroot,
             args.version,
             out_dir=args.out,
             workers=args.workers,
             depth=not args.no_depth,
+            depth_out=args.depth_out,
         )
         return 0
 
@@ -127,6 +151,7 @@ def _add_eval_json(sub: argparse._SubParsersAction) -> Handler:
             write_results,
         )
 
+        _out_dir(args.out)
         results = args.results
         if args.gt_as_results:
             gt = gt_as_results(args.dataroot, args.version, args.split)
@@ -159,6 +184,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
         if args.scene is not None:
             from labeldistill.evaluation.scene_video import visualize_scene
 
+            _out_file(args.out)
             visualize_scene(
                 dataroot=args.dataroot,
                 version=args.version,
@@ -172,6 +198,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
             return 0
         from labeldistill.evaluation.visualize import visualize
 
+        _out_dir(args.out)
         visualize(
             dataroot=args.dataroot,
             version=args.version,
@@ -208,13 +235,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> Handler:
     p = sub.add_parser("train", help="train the stage a config describes")
     _add_config_args(p)
-    p.add_argument("--resume", default=None, help="Lightning .ckpt to resume from ('last' ok)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--resume", default=None, help="Lightning .ckpt to resume from ('last' ok)")
+    what.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in a run directory that holds checkpoints (they are replaced)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from labeldistill.config import load_config
         from labeldistill.training.run import train
 
-        train(load_config(args.config, args.overrides), resume=args.resume)
+        cfg = load_config(args.config, args.overrides)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
         return 0
 
     return run
@@ -294,7 +328,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from labeldistill.config import load_config
 
+        if args.onnx is not None and args.ckpt is not None:
+            raise UserError(
+                "--ckpt is not used with --onnx (the ONNX file holds the weights): pass one of them"
+            )
         cfg = load_config(args.config, args.overrides)
+        _out_file(args.out)
         if args.onnx is not None:
             from labeldistill.training.onnx_export import predict_onnx
 
@@ -329,6 +368,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from labeldistill.training.pipeline import format_table, run_pipeline
 
+        _out_dir(args.out)
         result = run_pipeline(
             args.dataroot,
             args.out,
@@ -356,6 +396,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from labeldistill.training.pipeline import format_table, run_demo
 
+        _out_dir(args.out)
         result = run_demo(args.out, args.samples_per_scene, budget=args.budget, fresh=args.fresh)
         print(f"GT written as predictions (sanity check): mAP {result.gt_metrics['mAP']:.4f}")
         print(format_table(result.pipeline.rows))
@@ -391,6 +432,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> Handler:
         from labeldistill.training.convert import convert_from_original, convert_to_original
 
         cfg = load_config(args.config, args.overrides)
+        _out_file(args.out)
         if args.from_original is not None:
             report = convert_from_original(
                 cfg,
@@ -428,6 +470,7 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> Handler:
         from labeldistill.training.onnx_export import export_from_config
 
         cfg = load_config(args.config, args.overrides)
+        _out_file(args.out)
         export_from_config(cfg, args.ckpt, args.out, args.opset)
         return 0
 
@@ -478,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handlers[args.command](args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,7 +3,10 @@
 A YAML file maps 1:1 onto :class:`ExperimentConfig`; unknown keys fail with their dotted path.
 A file may name ``base: <file>`` (relative to itself, or a shipped config name); the base is
 loaded first and the file's keys are merged over it (dicts merge recursively, everything else
-replaces). Command-line overrides ``a.b.c=value`` are applied last; values are parsed as YAML.
+replaces). Command-line overrides ``a.b.c=value`` are applied last; values are parsed as YAML
+(a number given to a string field stays the text typed). ``${a.b}`` inside a string value is
+replaced by the value of key ``a.b`` (after overrides). Numeric values are range-checked
+(:func:`validate_ranges`).
 
 Config names resolve to ``src/labeldistill/configs/<name>.yaml`` (shipped as package data);
 a path to a YAML file works too.
@@ -12,6 +15,7 @@ a path to a YAML file works too.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,6 +85,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     info_dir: str | None = None  # where the info files are; default: dataroot
+    depth_gt_dir: str | None = (
+        None  # where depth GT is (prepare --depth-out); default: dataroot/depth_gt
+    )
     key_idxes: tuple[int, ...] = (-2, -4)  # offsets of previous key frames in the info list
     image_size: tuple[int, int] = (256, 704)  # network input H, W
     ida_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
@@ -375,8 +382,16 @@ def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _NumberText(str):
+    """An override value that YAML reads as a number, kept with the text as typed: a string
+    field takes the text (``trainer.output_dir=2024``, ``name=007``), any other the number."""
+
+    number: int | float
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML; a number keeps its text for
+    string fields) to a nested dict."""
     out = merge_dicts({}, data)
     for item in overrides:
         if "=" not in item:
@@ -386,6 +401,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            text = _NumberText(raw.strip())
+            text.number = value
+            value = text
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -398,9 +417,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``${a.b}`` inside string values by the value of key ``a.b`` of the same config
+    (after overrides), e.g. ``lidar_ckpt: ${trainer.output_dir}/centerpoint_tiny/...`` follows
+    ``--set trainer.output_dir=...``. The referenced value must be a plain string or number."""
+
+    def lookup(dotted: str, where: str) -> str:
+        node: Any = data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(
+                    f"config key '{where}' refers to '${{{dotted}}}', which is not set"
+                )
+            node = node[part]
+        if isinstance(node, bool) or not isinstance(node, (str, int, float)):
+            raise ConfigError(
+                f"config key '{where}' refers to '${{{dotted}}}', which is not a string or number"
+            )
+        if isinstance(node, str) and _REFERENCE.search(node):
+            raise ConfigError(f"config key '{where}': '${{{dotted}}}' holds a reference itself")
+        return str(node)
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else k) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, str) and _REFERENCE.search(node):
+            return _REFERENCE.sub(lambda m: lookup(m.group(1), where), node)
+        return node
+
+    return walk(data, "")
+
+
 def _convert(tp: Any, value: Any, path: str) -> Any:
     """Convert a YAML value to the annotated type ``tp`` (dataclasses, tuples, unions)."""
     origin = typing.get_origin(tp)
+    if isinstance(value, _NumberText):
+        takes_str = tp is str or (
+            origin in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+        )
+        value = str(value) if takes_str else value.number
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
@@ -481,8 +541,71 @@ def to_dict(cfg: Any) -> Any:
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load an experiment config by shipped name or YAML path, with dotted overrides."""
     path = resolve_config_path(name_or_path)
-    data = apply_overrides(_read_yaml(path), overrides or [])
-    return from_dict(ExperimentConfig, data)
+    data = resolve_references(apply_overrides(_read_yaml(path), overrides or []))
+    return validate_ranges(from_dict(ExperimentConfig, data))
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {rule}, got {value!r}")
+
+
+def validate_ranges(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Range checks of the numeric values the types cannot express -> ``cfg`` (ConfigError
+    naming the dotted key otherwise)."""
+    for axis in ("x_bound", "y_bound", "z_bound", "d_bound"):
+        low, high, step = getattr(cfg.grid, axis)
+        _require(step > 0, f"grid.{axis}[2]", "a positive step", step)
+        _require(high > low, f"grid.{axis}", "[min, max, step] with max > min", [low, high, step])
+    d = cfg.data
+    _require(d.batch_size >= 1, "data.batch_size", "at least 1", d.batch_size)
+    _require(d.num_workers >= 0, "data.num_workers", "0 (in-process) or more", d.num_workers)
+    for i, n in enumerate(d.image_size):
+        _require(n >= 1, f"data.image_size[{i}]", "a positive size in pixels", n)
+    _require(d.lidar_sweeps >= 0, "data.lidar_sweeps", "0 or more", d.lidar_sweeps)
+    _require(d.max_points >= 1, "data.max_points", "at least 1", d.max_points)
+    o = cfg.optim
+    _require(o.lr > 0, "optim.lr", "positive", o.lr)
+    _require(o.weight_decay >= 0, "optim.weight_decay", "0 or more", o.weight_decay)
+    _require(o.backbone_lr_mult >= 0, "optim.backbone_lr_mult", "0 or more", o.backbone_lr_mult)
+    _require(o.gamma > 0, "optim.gamma", "positive", o.gamma)
+    _require(o.grad_clip >= 0, "optim.grad_clip", "0 (off) or more", o.grad_clip)
+    _require(o.reference_batch >= 1, "optim.reference_batch", "at least 1", o.reference_batch)
+    t = cfg.trainer
+    _require(t.devices >= 1 or t.devices == -1, "trainer.devices", "-1 (all) or >= 1", t.devices)
+    _require(t.num_nodes >= 1, "trainer.num_nodes", "at least 1", t.num_nodes)
+    _require(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", "-1 or >= 1", t.max_steps)
+    _require(
+        t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps >= 1),
+        "trainer.max_epochs",
+        ">= 1 (or -1 with trainer.max_steps set)",
+        t.max_epochs,
+    )
+    _require(
+        0 < t.limit_train_batches <= 1,
+        "trainer.limit_train_batches",
+        "a fraction in (0, 1] of the epoch's batches",
+        t.limit_train_batches,
+    )
+    _require(
+        t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "at least 1", t.log_every_n_steps
+    )
+    _require(
+        t.check_val_every_n_epoch >= 0,
+        "trainer.check_val_every_n_epoch",
+        "0 (off) or more",
+        t.check_val_every_n_epoch,
+    )
+    _require(0 <= t.ema_decay < 1, "trainer.ema_decay", "in [0, 1)", t.ema_decay)
+    _require(t.ema_warmup_steps >= 0, "trainer.ema_warmup_steps", "0 or more", t.ema_warmup_steps)
+    _require(
+        t.keep_epochs == -1 or t.keep_epochs >= 1,
+        "trainer.keep_epochs",
+        "-1 (keep every epoch) or >= 1",
+        t.keep_epochs,
+    )
+    _require(bool(t.output_dir), "trainer.output_dir", "a directory", t.output_dir)
+    return cfg
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -191,6 +192,9 @@ def test_keep_epochs_zero_is_refused(tmp_path: Path) -> None:
     from labeldistill.errors import ConfigError
     from labeldistill.training.checkpoints import checkpoint_callback
 
-    cfg = load_config("bevdepth_tiny", ["trainer.keep_epochs=0"])
-    with pytest.raises(ConfigError, match="trainer.keep_epochs"):
-        checkpoint_callback(cfg)
+    with pytest.raises(ConfigError, match="trainer.keep_epochs"):  # range-checked at load
+        load_config("bevdepth_tiny", ["trainer.keep_epochs=0"])
+    cfg = load_config("bevdepth_tiny")
+    bypassed = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, keep_epochs=0))
+    with pytest.raises(ConfigError, match="trainer.keep_epochs"):  # and by the callback
+        checkpoint_callback(bypassed)

@@ -402,7 +402,9 @@ class NuScenesDataset(Dataset):
     def _depth(self, cam_info: dict[str, Any], params: augment.IdaParams) -> np.ndarray:
         from labeldistill.data.depth_gt import depth_gt_path, read_depth_gt
 
-        uvd = read_depth_gt(depth_gt_path(self.dataroot, cam_info["filename"]))
+        uvd = read_depth_gt(
+            depth_gt_path(self.dataroot, cam_info["filename"], self.cfg.depth_gt_dir)
+        )
         return depth_map(uvd, params)
 
 

@@ -24,9 +24,15 @@ ROW_BYTES = 3 * 4  # (u, v, depth) float32
 MARGIN_PX = 1.0
 
 
-def depth_gt_path(dataroot: str | Path, filename: str) -> Path:
-    """``dataroot/depth_gt/<basename of filename>.bin``."""
-    return Path(dataroot) / DEPTH_GT_DIR / (Path(filename).name + ".bin")
+def depth_gt_dir(dataroot: str | Path, depth_dir: str | Path | None = None) -> Path:
+    """Where depth GT lives: ``depth_dir`` if given (``prepare --depth-out``,
+    ``data.depth_gt_dir``), else ``dataroot/depth_gt``."""
+    return Path(depth_dir) if depth_dir is not None else Path(dataroot) / DEPTH_GT_DIR
+
+
+def depth_gt_path(dataroot: str | Path, filename: str, depth_dir: str | Path | None = None) -> Path:
+    """``<depth_gt_dir(dataroot, depth_dir)>/<basename of filename>.bin``."""
+    return depth_gt_dir(dataroot, depth_dir) / (Path(filename).name + ".bin")
 
 
 def camera_from_lidar(info: dict, cam: str) -> np.ndarray:

@@ -207,8 +207,16 @@ def build_infos(nusc: Any, scene_names: Iterable[str], progress: bool = False) -
         for scene in scenes:
             token = scene["first_sample_token"]
             while token:
-                sample = nusc.get("sample", token)
-                infos.append(sample_info(nusc, sample))
+                try:
+                    sample = nusc.get("sample", token)
+                    infos.append(sample_info(nusc, sample))
+                except (KeyError, TypeError, IndexError) as exc:
+                    folder = Path(nusc.dataroot) / nusc.version
+                    raise DataError(
+                        f"the {nusc.version} tables in {folder} are inconsistent: sample {token} "
+                        f"of scene {scene['name']} refers to a record that does not exist "
+                        f"({type(exc).__name__}: {exc}): re-download or regenerate the dataset"
+                    ) from None
                 if bar is not None:
                     bar.update(1)
                 token = sample["next"]
@@ -358,6 +366,83 @@ def _check_infos(infos: list, path: Path) -> None:
             raise DataError(
                 f"info file {path}: entry {i} has malformed cam_infos/lidar_infos: {_regen(path)}"
             )
+        problem = _malformed_field(info)
+        if problem:
+            raise DataError(
+                f"info file {path}: entry {i} (sample {info.get('sample_token')!r}): {problem}: "
+                f"{_regen(path)}"
+            )
+
+
+def _is_numbers(value: Any, n: int) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == n
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _sensor_problem(rec: Any, where: str, camera: bool) -> str:
+    """What is wrong with one sensor record of an info (cam or LiDAR), or ''."""
+    if not isinstance(rec, dict):
+        return f"{where} must be a mapping, got {type(rec).__name__}"
+    if not isinstance(rec.get("filename"), str):
+        return f"{where}.filename must be a string"
+    if not isinstance(rec.get("timestamp"), int):
+        return f"{where}.timestamp must be an integer"
+    for pose in ("ego_pose", "calibrated_sensor"):
+        value = rec.get(pose)
+        if not isinstance(value, dict):
+            return f"{where}.{pose} must be a mapping"
+        if not _is_numbers(value.get("translation"), 3):
+            return f"{where}.{pose}.translation must be a list of 3 numbers"
+        if not _is_numbers(value.get("rotation"), 4):
+            return f"{where}.{pose}.rotation must be a list of 4 numbers (w, x, y, z)"
+    if camera:
+        k = rec["calibrated_sensor"].get("camera_intrinsic")
+        if not (isinstance(k, (list, tuple)) and len(k) == 3 and all(_is_numbers(r, 3) for r in k)):
+            return f"{where}.calibrated_sensor.camera_intrinsic must be a 3x3 list of numbers"
+        for key in ("width", "height"):
+            if not isinstance(rec.get(key), int):
+                return f"{where}.{key} must be an integer"
+    return ""
+
+
+def _malformed_field(info: dict) -> str:
+    """The first nested field of an info that the dataset, depth GT or evaluation could not
+    read (METHOD.md 3.1 layout), as 'key.path must be ...'; '' when the info is readable."""
+    for cam in CAM_NAMES:
+        if cam not in info["cam_infos"]:
+            return f"cam_infos lacks {cam}"
+        problem = _sensor_problem(info["cam_infos"][cam], f"cam_infos.{cam}", camera=True)
+        if problem:
+            return problem
+    problem = _sensor_problem(info["lidar_infos"][LIDAR_NAME], f"lidar_infos.{LIDAR_NAME}", False)
+    if problem:
+        return problem
+    sweeps = info.get("lidar_sweeps", [])
+    if not isinstance(sweeps, list):
+        return "lidar_sweeps must be a list"
+    for j, sweep in enumerate(sweeps):
+        if not isinstance(sweep, dict):
+            return f"lidar_sweeps[{j}] must be a mapping"
+        if LIDAR_NAME in sweep:
+            where = f"lidar_sweeps[{j}].{LIDAR_NAME}"
+            problem = _sensor_problem(sweep[LIDAR_NAME], where, camera=False)
+            if problem:
+                return problem
+    anns = info.get("ann_infos", [])
+    if not isinstance(anns, list):
+        return "ann_infos must be a list"
+    for j, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            return f"ann_infos[{j}] must be a mapping"
+        if not isinstance(ann.get("category_name"), str):
+            return f"ann_infos[{j}].category_name must be a string"
+        for key, n in (("translation", 3), ("size", 3), ("rotation", 4)):
+            if not _is_numbers(ann.get(key), n):
+                return f"ann_infos[{j}].{key} must be a list of {n} numbers"
+    return ""
 
 
 def load_infos(path: str | Path) -> list[dict]:

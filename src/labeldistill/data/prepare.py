@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labeldistill.data.depth_gt import (
+    depth_gt_dir,
     depth_gt_is_current,
     depth_gt_path,
     project_to_cameras,
@@ -37,7 +38,13 @@ from labeldistill.data.infos import (
     info_path,
     save_infos,
 )
-from labeldistill.data.io import check_image_fast, load_points
+from labeldistill.data.io import (
+    check_image_fast,
+    check_output_dir,
+    die_with_parent,
+    load_points,
+    remove_stale_temporaries,
+)
 from labeldistill.data.nuscenes_reader import check_version, open_nuscenes, split_scenes
 from labeldistill.errors import DataError
 
@@ -93,15 +100,16 @@ def check_sample_files(info: dict, dataroot: Path) -> None:
             )
 
 
-def _process_sample(info: dict, dataroot: Path, depth: bool) -> _Counts:
+def _process_sample(info: dict, dataroot: Path, depth_dir: Path | None) -> _Counts:
     check_sample_files(info, dataroot)
     lidar_file = dataroot / info["lidar_infos"][LIDAR_NAME]["filename"]
     points = load_points(lidar_file)  # validates even when depth is off or already done
     counts = _Counts()
-    if not depth:
+    if depth_dir is None:
         return counts
     targets = {
-        cam: depth_gt_path(dataroot, info["cam_infos"][cam]["filename"]) for cam in CAM_NAMES
+        cam: depth_gt_path(dataroot, info["cam_infos"][cam]["filename"], depth_dir)
+        for cam in CAM_NAMES
     }
     todo = [cam for cam in CAM_NAMES if not depth_gt_is_current(targets[cam], lidar_file)]
     counts.skipped = len(CAM_NAMES) - len(todo)
@@ -113,21 +121,23 @@ def _process_sample(info: dict, dataroot: Path, depth: bool) -> _Counts:
     return counts
 
 
-def _process_chunk(infos: list[dict], dataroot: str, depth: bool) -> _Counts:
+def _process_chunk(infos: list[dict], dataroot: str, depth_dir: str | None) -> _Counts:
     total = _Counts()
     root = Path(dataroot)
+    ddir = Path(depth_dir) if depth_dir is not None else None
     for info in infos:
-        total.add(_process_sample(info, root, depth))
+        total.add(_process_sample(info, root, ddir))
     return total
 
 
 def _run_samples(
-    infos: list[dict], dataroot: Path, depth: bool, workers: int, desc: str
+    infos: list[dict], dataroot: Path, depth_dir: Path | None, workers: int, desc: str
 ) -> _Counts:
     """Validate + depth GT of every info, in-process (workers == 1) or in a process pool."""
     from tqdm import tqdm
 
     total = _Counts()
+    depth = str(depth_dir) if depth_dir is not None else None
     chunks = [infos[i : i + CHUNK] for i in range(0, len(infos), CHUNK)]
     with tqdm(total=len(infos), desc=desc, unit="sample", disable=None) as bar:
         if workers <= 1 or len(chunks) <= 1:
@@ -136,7 +146,12 @@ def _run_samples(
                 bar.update(len(chunk))
             return total
         ctx = multiprocessing.get_context("forkserver")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
         try:
             pending: dict[Future, int] = {
                 pool.submit(_process_chunk, chunk, str(dataroot), depth): len(chunk)
@@ -160,19 +175,32 @@ def prepare(
     out_dir: str | Path | None = None,
     workers: int | None = None,
     depth: bool = True,
+    depth_out: str | Path | None = None,
 ) -> PrepareSummary:
     """Write ``nuscenes_infos_<split>.pkl`` for every split of ``version`` into ``out_dir``
     (default: ``dataroot``) and, when ``depth``, ``dataroot/depth_gt/<image>.bin`` for every key
-    camera image. ``workers``: processes (default: all cores; 1 = in-process).
+    camera image (``depth_out``: another directory for them, e.g. when the dataroot is
+    read-only; point ``data.depth_gt_dir`` at it for training). ``workers``: processes (default:
+    all cores; 1 = in-process). Temporary files of a killed earlier run are removed.
 
     Raises DataError (one line naming the file) for a bad dataroot, version folder, table,
     image or LiDAR scan, or a split without samples; no info file is written then.
     """
     splits = check_version(version)
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
     root = Path(dataroot)
     nusc = open_nuscenes(root, version)
     out = Path(out_dir) if out_dir is not None else root
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    check_output_dir(out, "--out" if out_dir is not None else "--dataroot (info files)")
+    depth_dir = depth_gt_dir(root, depth_out) if depth else None
+    if depth_dir is not None:
+        check_output_dir(depth_dir, "--depth-out" if depth_out is not None else "--dataroot")
+    for directory in {out, depth_dir or out}:
+        removed = remove_stale_temporaries(directory)
+        if removed:
+            log.info("removed %d temporary files of a killed run in %s", removed, directory)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
 
     split_infos: dict[str, list[dict]] = {}
     for split in splits:
@@ -190,7 +218,7 @@ def prepare(
     counts: dict[str, _Counts] = {}
     for split, infos in split_infos.items():
         log.debug("%s: %d samples", split, len(infos))
-        counts[split] = _run_samples(infos, root, depth, workers, desc=f"prepare {split}")
+        counts[split] = _run_samples(infos, root, depth_dir, workers, desc=f"prepare {split}")
 
     summary = PrepareSummary(version=version, dataroot=root)
     for split, infos in split_infos.items():

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from labeldistill.data.io import check_output_dir, die_with_parent
 from labeldistill.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -602,6 +603,10 @@ def _map_png(seed: int, location: str) -> bytes:
     return buf.getvalue()
 
 
+#: Written last into every synthetic root; ``--overwrite`` replaces only directories that hold it.
+MARKER = "synth_config.json"
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file: choose a directory for --out")
@@ -611,10 +616,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
                 f"output directory {out} exists and is not empty: "
                 "choose another --out or pass --overwrite"
             )
-        if not any((out / v).is_dir() for v in VERSIONS):
+        if not (out / MARKER).is_file():
             raise UserError(
-                f"output directory {out} is not empty and holds no {' or '.join(VERSIONS)} "
-                "dataset: refusing to replace it; choose another --out"
+                f"output directory {out} was not written by labeldistill synth (no {MARKER}): "
+                "refusing to replace it; choose another --out"
             )
 
 
@@ -630,8 +635,11 @@ def generate(
     from tqdm import tqdm
 
     cfg.validate()
+    if workers is not None and int(workers) < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     out = Path(out).absolute()
     _check_out(out, overwrite)
+    check_output_dir(out.parent, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -644,7 +652,7 @@ def generate(
         for sub in subs:
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         n_scenes = len(scene_list(cfg))
-        workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+        workers = (os.cpu_count() or 1) if workers is None else int(workers)
         workers = min(workers, n_scenes)
         results: dict[int, dict[str, list[dict[str, Any]]]] = {}
         jobs = [(str(tmp), cfg, i) for i in range(n_scenes)]
@@ -657,7 +665,12 @@ def generate(
             else:
                 import multiprocessing as mp
 
-                with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                with ProcessPoolExecutor(
+                    workers,
+                    mp_context=mp.get_context("spawn"),
+                    initializer=die_with_parent,
+                    initargs=(os.getpid(),),
+                ) as pool:
                     futs = {pool.submit(_scene_job, job): job[2] for job in jobs}
                     for fut in as_completed(futs):
                         results[futs[fut]] = fut.result()
@@ -674,7 +687,7 @@ def generate(
             (tmp / rec["filename"]).write_bytes(_map_png(cfg.seed, loc))
         for name in TABLES:
             (tmp / cfg.version / f"{name}.json").write_text(json.dumps(tables[name], indent=1))
-        (tmp / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True))
+        (tmp / MARKER).write_text(json.dumps(asdict(cfg), indent=1, sort_keys=True))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)

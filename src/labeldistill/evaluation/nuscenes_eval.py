@@ -323,16 +323,37 @@ def _validate_records(results_path: Path, results: Mapping[str, Any]) -> None:
             )
         for rec in records:
             problem = ""
+            if not isinstance(rec, dict):
+                raise UserError(
+                    f"result file {results_path}: sample {token}: a box is not a mapping"
+                )
             for key, n in lengths.items():
                 value = rec.get(key)
-                if not isinstance(value, list) or len(value) != n:
+                if problem:
+                    break
+                if (
+                    not isinstance(value, list)
+                    or len(value) != n
+                    or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+                    )
+                ):
                     problem = f"'{key}' must be a list of {n} numbers"
                 elif key != "velocity" and not np.all(np.isfinite(np.asarray(value, dtype=float))):
                     problem = f"'{key}' is not finite"
-            if rec.get("detection_name") not in CLASSES:
+            score = rec.get("detection_score")
+            if problem:
+                pass
+            elif rec.get("detection_name") not in CLASSES:
                 problem = f"unknown detection_name {rec.get('detection_name')!r}"
-            elif not isinstance(rec.get("detection_score"), (int, float)):
+            elif not isinstance(score, (int, float)) or isinstance(score, bool):
                 problem = "'detection_score' must be a number"
+            elif not (math.isfinite(score) and 0.0 <= score <= 1.0):
+                problem = f"'detection_score' must be in [0, 1], got {score!r}"
+            elif any(float(v) < 0 for v in rec["size"]):
+                problem = f"'size' must not be negative, got {rec['size']!r}"
+            elif float(np.linalg.norm(np.asarray(rec["rotation"], dtype=float))) < 1e-6:
+                problem = "'rotation' is a zero quaternion (give a unit quaternion w, x, y, z)"
             elif rec.get("attribute_name", "") not in (*ATTRIBUTE_NAMES, ""):
                 problem = f"unknown attribute_name {rec.get('attribute_name')!r}"
             elif rec.get("sample_token") != token:

@@ -315,7 +315,11 @@ def _line_in_rect(draw: Any, pts: np.ndarray, rect: tuple[int, int, int, int], c
 
 def _select(infos: Sequence[dict], num: int, tokens: Sequence[str] | None, src: Path) -> list[dict]:
     if not tokens:
-        return list(infos[: max(num, 0)])
+        if num < 1:
+            raise UserError(f"--num must be at least 1, got {num}: nothing would be drawn")
+        if not infos:
+            raise UserError(f"info file {src} holds no samples: nothing to draw; check --split")
+        return list(infos[:num])
     by_token = {str(i["sample_token"]): i for i in infos}
     unknown = [t for t in tokens if t not in by_token]
     if unknown:
@@ -353,6 +357,20 @@ def visualize(
     predictions: Mapping[str, Any] = {}
     if results_path is not None:
         predictions = load_results(Path(results_path))["results"]
+        drawn = sum(
+            1
+            for info in chosen
+            for rec in predictions.get(str(info["sample_token"]), [])
+            if float(rec.get("detection_score", 0.0)) >= score_threshold
+        )
+        if drawn == 0:
+            logger.warning(
+                "%s has no prediction with score >= %.2f for the %d chosen samples: the "
+                "pictures show the ground truth only",
+                results_path,
+                score_threshold,
+                len(chosen),
+            )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

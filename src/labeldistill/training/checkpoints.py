@@ -90,6 +90,29 @@ def resolve_resume(cfg: ExperimentConfig, resume: str | Path | None) -> Path | N
     return path
 
 
+def check_resume_checkpoint(module: nn.Module, path: Path) -> None:
+    """One-line CheckpointError unless ``path`` is a readable (safe) Lightning training
+    checkpoint whose ``state_dict`` fits ``module`` (the stage module, keys ``model.<...>``):
+    the same checks and messages as the weights read by ``eval``."""
+    obj = _torch_load(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(
+            f"cannot resume from {path}: not a Lightning training checkpoint (no 'state_dict'); "
+            "resume from a .ckpt that labeldistill train wrote"
+        )
+    if "loops" not in obj or "optimizer_states" not in obj:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds weights but no training state "
+            "(loops, optimizer); resume from a .ckpt that labeldistill train wrote"
+        )
+    report = compare_state(module, obj["state_dict"])
+    if not report.ok:
+        raise CheckpointError(
+            f"cannot resume from {path}: it does not fit the model: {report.summary()}; "
+            "use the config it was trained with"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Reading weights
 # --------------------------------------------------------------------------------------------
@@ -113,16 +136,39 @@ def save_safetensors(path: str | Path, state: dict[str, Tensor], metadata: dict[
 
 
 def _torch_load(path: Path) -> Any:
+    import pickle
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found: check the path") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user error here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain containers, "
+                "which could run code: not loaded; give a .ckpt/.pth written by labeldistill or "
+                "the original code, or a .safetensors file"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} cannot be read safely ({first[:160]}): give a .ckpt/.pth "
-            "written by labeldistill or the original code, or a .safetensors file"
+            f"checkpoint {path} is corrupt ({_first_sentence(exc)}): re-download or retrain it"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a file torch cannot read is a user error here
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({_first_sentence(exc)}): "
+            "re-download or retrain it"
+        ) from None
+
+
+def _first_sentence(exc: BaseException, limit: int = 120) -> str:
+    """The first sentence of an exception message (never cut inside a word), or its type."""
+    text = " ".join(str(exc).split())
+    if not text or text.isdigit():
+        return type(exc).__name__
+    end = text.find(". ")
+    sentence = text if end < 0 else text[:end]
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence.rstrip(".")
 
 
 def strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

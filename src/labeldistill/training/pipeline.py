@@ -295,7 +295,7 @@ def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, Path, dict[str
     metrics_file = eval_dir / "metrics.json"
     if fresh or not ckpt.is_file():
         log.info("pipeline: training %s (%s)", cfg.name, cfg.stage)
-        ckpt = train(cfg).last_ckpt
+        ckpt = train(cfg, overwrite=True).last_ckpt  # fresh, or no finished run to reuse
         if metrics_file.is_file():
             metrics_file.unlink()
     else:

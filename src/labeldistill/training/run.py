@@ -13,6 +13,9 @@ The run directory layout is documented in docs/training.md.
 from __future__ import annotations
 
 import logging
+import sys
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from labeldistill.config import ExperimentConfig, dump_config
-from labeldistill.data.io import atomic_write_text
+from labeldistill.data.io import atomic_write_text, check_output_dir, check_output_file
 from labeldistill.errors import CheckpointError
 from labeldistill.training.callbacks import EMACallback, StepLimit, ema_files
 from labeldistill.training.checkpoints import (
+    check_resume_checkpoint,
     checkpoint_callback,
+    checkpoint_dir,
     ema_dir,
     last_checkpoint,
     load_weights,
@@ -39,6 +44,32 @@ from labeldistill.training.datamodule import StageDataModule
 from labeldistill.training.modules import Record, StageModule, stage_module_class
 
 log = logging.getLogger(__name__)
+
+#: Lightning messages that say nothing to our users (an advert; the Ctrl-C notice, which the
+#: CLI replaces by its own one line).
+_LIGHTNING_NOISE = ("💡 Tip:", "\nDetected KeyboardInterrupt")
+
+
+def _drop_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_LIGHTNING_NOISE)
+
+
+def _single_lightning_log() -> None:
+    """``import lightning`` gives the 'lightning' logger a console handler of its own that also
+    propagates to the root logger: with a configured root (the CLI) every line came twice.
+    Keep the root's handler then; drop Lightning's advert and Ctrl-C notice."""
+    if logging.getLogger().hasHandlers():
+        lightning_log = logging.getLogger("lightning")
+        for handler in list(lightning_log.handlers):
+            lightning_log.removeHandler(handler)
+    # Lightning's own deprecation inside its pytree helper, and the notice that a resumed or
+    # overwritten run's checkpoint directory is not empty (it is meant to be)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _drop_noise not in logger.filters:
+            logger.addFilter(_drop_noise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +133,7 @@ def build_trainer(
 ) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer`` and ``cfg.optim.grad_clip``."""
     t = cfg.trainer
+    _single_lightning_log()
     validate = fit and t.check_val_every_n_epoch > 0
     apply_cuda_flags(cfg)
     return L.Trainer(
@@ -117,7 +149,8 @@ def build_trainer(
         deterministic=resolve_deterministic(cfg),  # type: ignore[arg-type]
         benchmark=resolve_benchmark(cfg),
         log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches,
+        # 1.0 (the whole epoch) is Lightning's default; passing it only prints a notice
+        limit_train_batches=t.limit_train_batches if t.limit_train_batches < 1.0 else None,
         limit_val_batches=1.0 if validate else 0,
         check_val_every_n_epoch=max(1, t.check_val_every_n_epoch),
         num_sanity_val_steps=0,
@@ -128,6 +161,97 @@ def build_trainer(
         default_root_dir=str(run_dir(cfg)),
         enable_model_summary=fit,
     )
+
+
+class _StderrProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars on stderr (Lightning draws them on stdout, where they would mix
+    with the tables and JSON a command prints)."""
+
+    @staticmethod
+    def _on_stderr(make: Any) -> Any:
+        saved = sys.stdout
+        sys.stdout = sys.stderr
+        try:
+            return make()
+        finally:
+            sys.stdout = saved
+
+    def init_train_tqdm(self) -> Any:
+        return self._on_stderr(super().init_train_tqdm)
+
+    def init_validation_tqdm(self) -> Any:
+        return self._on_stderr(super().init_validation_tqdm)
+
+    def init_predict_tqdm(self) -> Any:
+        return self._on_stderr(super().init_predict_tqdm)
+
+    def init_test_tqdm(self) -> Any:
+        return self._on_stderr(super().init_test_tqdm)
+
+    def init_sanity_tqdm(self) -> Any:
+        return self._on_stderr(super().init_sanity_tqdm)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Close the bars, so that the error line the CLI prints starts a line of its own."""
+        for name in ("train", "val", "test", "predict"):
+            bar = getattr(self, f"_{name}_progress_bar", None)
+            if bar is not None and not getattr(bar, "disable", True):
+                bar.close()
+
+
+def _progress_bar() -> Callback:
+    return _StderrProgressBar()
+
+
+class LossSummary(Callback):
+    """Mean of each logged training loss over the last epoch, for the end-of-training line
+    (summed on the device; one transfer per epoch)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sums, self.counts = {}, {}
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/") and isinstance(value, torch.Tensor) and value.numel() == 1:
+                total = self.sums.get(key)
+                value = value.detach().reshape(())
+                self.sums[key] = value.clone() if total is None else total + value
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.counts:
+            self.last = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
+
+    def text(self) -> str:
+        if not self.last:
+            return "(none logged)"
+        items = sorted(self.last.items())
+        return ", ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in items)
+
+
+def _fit_or_predict(trainer: L.Trainer, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``trainer.fit`` / ``trainer.predict``; Lightning turns Ctrl-C into ``sys.exit(1)``
+    after its graceful shutdown: give the CLI its KeyboardInterrupt back (exit code 130)."""
+    try:
+        return fn(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _module(cfg: ExperimentConfig) -> StageModule:
@@ -163,13 +287,59 @@ class TrainResult:
     ema_weights: Path | None
 
 
-def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResult:
-    """Train the stage ``cfg.stage``; ``resume`` = a ``.ckpt`` path or ``'last'``."""
-    L.seed_everything(cfg.trainer.seed, workers=True)
+def _existing_run_files(cfg: ExperimentConfig) -> list[Path]:
+    """Checkpoints and EMA files an earlier run left in the run directory."""
+    files = sorted(checkpoint_dir(cfg).glob("*.ckpt")) if checkpoint_dir(cfg).is_dir() else []
+    return files + (ema_files(ema_dir(cfg)) if ema_dir(cfg).is_dir() else [])
+
+
+class _RunStart(Callback):
+    """When training really starts (set-up, teachers and loaders done; rank 0): remove an earlier
+    run's checkpoints and EMA files (``overwrite``) and write ``config.yaml``. A run that fails at
+    start-up thus leaves the run directory as it was."""
+
+    def __init__(self, cfg: ExperimentConfig, stale: list[Path]) -> None:
+        self.cfg = cfg
+        self.stale = stale
+        self.started = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.monotonic()
+        if not trainer.is_global_zero:
+            return
+        for path in self.stale:
+            path.unlink(missing_ok=True)
+        if self.stale:
+            log.info(
+                "removed %d files of the earlier run in %s", len(self.stale), run_dir(self.cfg)
+            )
+        atomic_write_text(run_dir(self.cfg) / "config.yaml", dump_config(self.cfg))
+
+
+def train(
+    cfg: ExperimentConfig, resume: str | Path | None = None, overwrite: bool = False
+) -> TrainResult:
+    """Train the stage ``cfg.stage``; ``resume`` = a ``.ckpt`` path or ``'last'``.
+
+    A run directory that already holds checkpoints is refused (CheckpointError) unless the run
+    is resumed or ``overwrite`` (its checkpoints and EMA files are then replaced).
+    """
+    _single_lightning_log()
+    check_output_dir(cfg.trainer.output_dir, "trainer.output_dir")
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     ckpt_path = resolve_resume(cfg, resume)
+    stale = _existing_run_files(cfg) if ckpt_path is None else []
+    if stale and not overwrite:
+        raise CheckpointError(
+            f"run directory {run_dir(cfg)} already holds checkpoints of an earlier run (e.g. "
+            f"{stale[0].name}): continue it with --resume last, start again with --overwrite, "
+            "or choose another name / trainer.output_dir"
+        )
     module = _module(cfg)
     if ckpt_path is None:
         module.init_weights_for_training()
+    else:
+        check_resume_checkpoint(module, ckpt_path)
     dm = _datamodule(cfg, module)
     ema_cb = (
         EMACallback(
@@ -181,7 +351,9 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
         if cfg.trainer.ema
         else None
     )
-    callbacks: list[Callback] = [checkpoint_callback(cfg), TQDMProgressBar()]
+    start = _RunStart(cfg, stale)
+    losses = LossSummary()
+    callbacks: list[Callback] = [start, checkpoint_callback(cfg), _progress_bar(), losses]
     if cfg.trainer.max_steps >= 0:
         callbacks.append(StepLimit(cfg.trainer.max_steps))
     callbacks.append(LearningRateMonitor(logging_interval="epoch"))
@@ -192,8 +364,6 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
     )
     trainer = build_trainer(cfg, callbacks, logger, fit=True)
     module.eval_dataset_len = None
-    if trainer.is_global_zero:
-        atomic_write_text(run_dir(cfg) / "config.yaml", dump_config(cfg))
     log.info(
         "training %s (stage %s) -> %s%s",
         cfg.name,
@@ -201,14 +371,36 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
         run_dir(cfg),
         f", resuming from {ckpt_path}" if ckpt_path else "",
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    _fit_or_predict(
+        trainer,
+        trainer.fit,
+        module,
+        datamodule=dm,
+        ckpt_path=str(ckpt_path) if ckpt_path else None,
+    )
+    if trainer.interrupted:
+        raise KeyboardInterrupt
     last = last_checkpoint(cfg)
     ema_path = None
     if ema_cb is not None:
         candidate = ema_dir(cfg) / f"epoch_{trainer.current_epoch - 1}.safetensors"
         files = ema_files(ema_dir(cfg))
         ema_path = candidate if candidate.is_file() else (files[-1] if files else None)
-    return TrainResult(run_dir=run_dir(cfg), last_ckpt=last, ema_weights=ema_path)
+    result = TrainResult(run_dir=run_dir(cfg), last_ckpt=last, ema_weights=ema_path)
+    if trainer.is_global_zero:
+        elapsed = time.monotonic() - start.started if start.started else 0.0
+        log.info(
+            "finished %s: %d steps, %d epoch(s) in %.0f s; mean losses of the last epoch: %s; "
+            "checkpoint %s%s",
+            cfg.name,
+            trainer.global_step,
+            trainer.current_epoch,
+            elapsed,
+            losses.text(),
+            last,
+            f", EMA weights {ema_path}" if ema_path else "",
+        )
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,13 +427,14 @@ def infer(
     Runs on every rank of the configured devices; each rank returns the full gathered list.
     """
     path = _resolve_ckpt(cfg, ckpt)
-    L.seed_everything(cfg.trainer.seed, workers=True)
+    _single_lightning_log()
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = _module(cfg)
     load_weights(module.model, path, prefer_ema=prefer_ema)
     dm = _datamodule(cfg, module, split)
     module.eval_dataset_len = len(dm.eval_dataset)
-    trainer = build_trainer(cfg, [TQDMProgressBar()], logger=False, fit=False)
-    trainer.predict(module, datamodule=dm, return_predictions=False)
+    trainer = build_trainer(cfg, [_progress_bar()], logger=False, fit=False)
+    _fit_or_predict(trainer, trainer.predict, module, datamodule=dm, return_predictions=False)
     return module.gathered
 
 
@@ -278,10 +471,11 @@ def evaluate(
     ``prefer_ema`` is False). Returns the metrics dict on rank 0 and ``{}`` on the others.
     """
     path = _resolve_ckpt(cfg, ckpt)
+    out = Path(out_dir) if out_dir is not None else default_eval_dir(path)
+    check_output_dir(out, "--out" if out_dir is not None else "output directory (--out)")
     records = infer(cfg, path, cfg.data.val_split, prefer_ema=prefer_ema)
     if not _is_rank_zero():
         return {}
-    out = Path(out_dir) if out_dir is not None else default_eval_dir(path)
     metrics = evaluate_records(cfg, records, cfg.data.val_split, out.resolve())
     log.info(
         "%s on %s: mAP %.4f NDS %.4f", path, cfg.data.val_split, metrics["mAP"], metrics["NDS"]
@@ -296,8 +490,8 @@ def predict(
     from labeldistill.evaluation.nuscenes_eval import results_from_detections, write_results
 
     split = split or cfg.data.val_split
+    out = check_output_file(out, "--out")
     records = infer(cfg, ckpt, split)
-    out = Path(out)
     if _is_rank_zero():
         results = results_from_detections([r.dets for r in records], [r.meta for r in records])
         write_results(out, results)
@@ -306,8 +500,9 @@ def predict(
 
 def train_and_evaluate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Train ``cfg`` from scratch, then evaluate its last checkpoint (EMA weights when on) on
-    the val split; returns the metrics dict (``{}`` on non-zero ranks)."""
-    result = train(cfg)
+    the val split; returns the metrics dict (``{}`` on non-zero ranks). An earlier run of the
+    same name is replaced (it trains from scratch by definition)."""
+    result = train(cfg, overwrite=True)
     return evaluate(cfg, result.last_ckpt, result.run_dir / "eval" / "last")
 
 
