@@ -354,7 +354,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> Handler:
     )
     p.add_argument("--dataroot", default=None, help="dataset root (default: the configs' own)")
     p.add_argument("--out", default="pipeline_out", help="output dir (runs below it)")
-    p.add_argument("--budget", default="tiny", help="tiny (CPU demo), bench, bench_scratch or paper")
+    p.add_argument("--budget", default="tiny", help="tiny, bench, bench_scratch, paper")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--variant",
