@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,12 @@ def plot_curves(curves: dict[str, dict[int, list[list[float]]]], path: Path) -> 
     return path
 
 
+def parallel_tasks(seeds: Sequence[int], variants: Sequence[str]) -> list[tuple[int, str]]:
+    """The (seed, camera row) processes of ``--jobs``, in launch order: seed by seed, the
+    distilled rows (longer steps: teacher forwards) before the baseline."""
+    return [(s, key) for s in seeds for key in (*variants, "baseline")]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/_work/accuracy")
@@ -227,6 +234,7 @@ def main() -> int:
         help="train the shared stages (teachers, stage 0) only",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one task of --jobs
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of every stage")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -270,22 +278,28 @@ def main() -> int:
                 f"{ROW_NAMES[row.key]}: mAP {row.metrics['mAP']:.4f} NDS {row.metrics['NDS']:.4f}"
             )
         return 0
-    if args.jobs > 1 and len(args.seeds) > 1:
-        # the shared stages (teachers, stage 0) first, with every thread
+    if args.only is not None:
+        # one (seed, row) task of the parallel mode below
+        rows = () if args.only == "baseline" else (args.only,)
+        pipeline_of(args.seeds[0], variants=rows, baseline=args.only == "baseline")
+        return 0
+    if args.jobs > 1:
+        # the shared stages (teachers, stage 0) first, with every thread; then one process per
+        # (seed, camera row), the longer distilled rows of a seed before its baseline, so that
+        # the lanes stay full and a cut-off run still holds complete seed pairs
         pipeline_of(args.seeds[0], variants=(), baseline=False, backbone=True)
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        pending, running = list(args.seeds), []
+        pending = parallel_tasks(args.seeds, variants)
+        running: list[subprocess.Popen] = []
         while pending or running:
             while pending and len(running) < args.jobs:
-                seed = pending.pop(0)
+                seed, key = pending.pop(0)
                 cmd = [sys.executable, __file__, "--out", str(out), "--dataroot", str(data)]
                 cmd += ["--budget", args.budget, "--seeds", str(seed), "--threads", str(threads)]
-                cmd += ["--teacher-seed", str(args.teacher_seed)]
+                cmd += ["--teacher-seed", str(args.teacher_seed), "--only", key]
                 cmd += ["--data-seed", str(data_seed), "--samples-per-scene", str(sps)]
-                cmd += ["--ablations"] if args.ablations else []
-                cmd += ["--no-main"] if args.no_main else []
                 cmd += ["--workers", str(args.workers)] if args.workers is not None else []
-                log_file = (out / f"seed{seed}.log").open("w")
+                log_file = (out / f"seed{seed}-{key}.log").open("w")
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                 running.append(
                     subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)

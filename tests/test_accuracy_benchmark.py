@@ -84,3 +84,15 @@ def test_learning_curves_and_png(acc, tmp_path: Path) -> None:
 
     with Image.open(png) as img:
         assert img.size[0] > 500 and img.size[1] > 200
+
+
+def test_parallel_tasks_pair_each_seed_distilled_rows_first(acc) -> None:
+    tasks = acc.parallel_tasks([0, 1], ["labeldistill", "lidar_only"])
+    assert tasks == [
+        (0, "labeldistill"),
+        (0, "lidar_only"),
+        (0, "baseline"),
+        (1, "labeldistill"),
+        (1, "lidar_only"),
+        (1, "baseline"),
+    ]

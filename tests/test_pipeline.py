@@ -158,7 +158,14 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
     # bench_scratch = bench without stage 0, everything else equal
     bench, scratch = BUDGETS["bench"], BUDGETS["bench_scratch"]
     assert bench.backbone is not None and scratch.backbone is None
-    assert dict(bench.stages) == dict(scratch.stages) and bench.data == scratch.data
+    # ... except that bench freezes the stage-0 ResNet (a frozen random one would be useless)
+    frozen = "student.image_backbone.frozen_stages=4"
+    for key, plan in bench.stages.items():
+        other = scratch.stages[key]
+        assert plan.config == other.config
+        assert tuple(o for o in plan.overrides if o != frozen) == other.overrides
+        assert (frozen in plan.overrides) == (key not in ("lidar_teacher", "label_encoder"))
+    assert bench.data == scratch.data
     # every camera stage of the benchmark has the same length and is validated every epoch
     cams = {k: v for k, v in bench.stages.items() if k not in ("lidar_teacher", "label_encoder")}
     assert len({v.overrides[:4] for v in cams.values()}) == 1
