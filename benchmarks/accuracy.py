@@ -19,8 +19,9 @@ Ablations:        .venv/bin/python benchmarks/accuracy.py --ablations --no-main
 Another set:      .venv/bin/python benchmarks/accuracy.py --data-seed 1 --samples-per-scene 16
 
 Every finished stage is reused (the table is assembled from what is on disk): an interrupted
-run is resumed by running the same command again. ``--jobs 2`` trains two seeds at once, one
-thread each (on 2 cores about as fast as one seed at a time with two threads).
+run is resumed by running the same command again (a student cut off mid-run continues from its
+last epoch). ``--jobs 2`` runs the teachers beside stage 0, then one process per (seed, camera
+row), two at a time, one thread each (on 2 cores faster than one at a time with two threads).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ CAMERA_ROWS = ROWS[2:]
 TP = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
 BANDS = ("0-20", "20-30", ">30")
 ABLATIONS = ("lidar_only", "label_only", "no_partition")
+#: The shared stages as the two parallel tasks of ``--jobs``: stage 1 then 2, and stage 0.
+SHARED_TASKS = ("teachers", "backbone")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -271,25 +274,26 @@ def main() -> int:
             **kw,
         )
 
-    if args.shared_only:
-        res = pipeline_of(args.seeds[0], variants=(), baseline=False, backbone=True)
-        for row in res.rows:
-            print(
-                f"{ROW_NAMES[row.key]}: mAP {row.metrics['mAP']:.4f} NDS {row.metrics['NDS']:.4f}"
-            )
-        return 0
     if args.only is not None:
-        # one (seed, row) task of the parallel mode below
+        # one task of the parallel mode below: the teachers, stage 0, or a (seed, row)
+        if args.only in SHARED_TASKS:
+            pipeline_of(
+                args.seeds[0],
+                variants=(),
+                baseline=False,
+                backbone=args.only == "backbone",
+                teachers=args.only == "teachers",
+            )
+            return 0
         rows = () if args.only == "baseline" else (args.only,)
         pipeline_of(args.seeds[0], variants=rows, baseline=args.only == "baseline")
         return 0
-    if args.jobs > 1:
-        # the shared stages (teachers, stage 0) first, with every thread; then one process per
-        # (seed, camera row), the longer distilled rows of a seed before its baseline, so that
-        # the lanes stay full and a cut-off run still holds complete seed pairs
-        pipeline_of(args.seeds[0], variants=(), baseline=False, backbone=True)
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        pending = parallel_tasks(args.seeds, variants)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+
+    def in_parallel(tasks: list[tuple[int, str]]) -> None:
+        """Run ``tasks`` (seed, --only key) as ``--jobs`` child processes of ``threads``
+        threads each, logs in ``<out>/seed{S}-{key}.log``; the first failure stops the run."""
+        pending = list(tasks)
         running: list[subprocess.Popen] = []
         while pending or running:
             while pending and len(running) < args.jobs:
@@ -309,6 +313,22 @@ def main() -> int:
                 running.remove(proc)
                 if proc.returncode != 0:
                     raise SystemExit(f"error: {' '.join(proc.args)} failed (see {out}/seed*.log)")
+
+    if args.jobs > 1:
+        # the shared stages first: the teachers (stage 2 needs stage 1) beside stage 0
+        in_parallel([(args.teacher_seed, key) for key in SHARED_TASKS])
+    if args.shared_only:
+        res = pipeline_of(args.seeds[0], variants=(), baseline=False, backbone=True)
+        for row in res.rows:
+            print(
+                f"{ROW_NAMES[row.key]}: mAP {row.metrics['mAP']:.4f} NDS {row.metrics['NDS']:.4f}"
+            )
+        return 0
+    if args.jobs > 1:
+        # then one process per (seed, camera row), the longer distilled rows of a seed before
+        # its baseline, so that the lanes stay full and a cut-off run still holds complete
+        # seed pairs
+        in_parallel(parallel_tasks(args.seeds, variants))
     results: dict[int, PipelineResult] = {}
     for seed in args.seeds:
         results[seed] = pipeline_of(seed, variants=variants)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from labeldistill.cli import main as cli_main
 from labeldistill.errors import ConfigError
@@ -25,10 +26,10 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch):
     calls: list = []
 
     def fake_train(cfg, resume=None, overwrite=False):
-        calls.append(("train", cfg))
+        calls.append(("train", cfg) if resume is None else ("resume", cfg, Path(resume)))
         ckpt = last_checkpoint(cfg)
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text("weights")
+        torch.save({"global_step": cfg.trainer.max_steps, "state_dict": {}}, ckpt)
         return run.TrainResult(ckpt.parent.parent, ckpt, None)
 
     def fake_evaluate(cfg, ckpt, out_dir=None):
@@ -141,10 +142,48 @@ def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_pa
         "lidar_teacher",
         "label_encoder",
     ]
+    # stage 0 alone (in its own process beside the teachers' under --jobs)
+    n = len(fake_runs)
+    alone = run_pipeline(
+        None, tmp_path / "d", variants=(), baseline=False, backbone=True, teachers=False
+    )
+    assert [c[0] for c in fake_runs[n:]] == ["pretrain"] and alone.rows == []
     # --fresh retrains
     before = sum(1 for c in fake_runs if c[0] == "train")
     run_pipeline(None, tmp_path / "a", variants=(), baseline=False, fresh=True)
     assert sum(1 for c in fake_runs if c[0] == "train") == before + 2
+
+
+def test_a_run_short_of_its_steps_is_continued_not_restarted(fake_runs, tmp_path) -> None:
+    run_pipeline(None, tmp_path, variants=(), baseline=False)
+    ckpt = tmp_path / "runs" / "centerpoint_tiny" / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 40, "state_dict": {}}, ckpt)  # cut off after 40 of 100 steps
+    n = len(fake_runs)
+    res = run_pipeline(None, tmp_path, variants=(), baseline=False)
+    new = fake_runs[n:]
+    # the teacher resumes from its own last.ckpt and is evaluated again (its old metrics are
+    # stale); the label encoder, finished, is reused as it is
+    assert [c[0] for c in new] == ["resume", "eval"]
+    assert new[0][1].name == "centerpoint_tiny" and new[0][2] == ckpt
+    assert res.by_key()["lidar_teacher"].metrics["mAP"] == pytest.approx(0.1 * len(fake_runs))
+    # a checkpoint of the budget's length (or longer) is final
+    torch.save({"global_step": 150, "state_dict": {}}, ckpt)
+    n = len(fake_runs)
+    run_pipeline(None, tmp_path, variants=(), baseline=False)
+    assert fake_runs[n:] == []
+
+
+def test_checkpoint_step_needs_a_training_checkpoint(tmp_path: Path) -> None:
+    from labeldistill.errors import CheckpointError
+    from labeldistill.training.checkpoints import checkpoint_step
+
+    good = tmp_path / "good.ckpt"
+    torch.save({"global_step": 7, "state_dict": {}}, good)
+    assert checkpoint_step(good) == 7
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": {}}, bare)
+    with pytest.raises(CheckpointError, match="bare.ckpt.*global_step"):
+        checkpoint_step(bare)
 
 
 def test_bad_budget_and_variant(tmp_path: Path) -> None:
@@ -170,6 +209,16 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
     cams = {k: v for k, v in bench.stages.items() if k not in ("lidar_teacher", "label_encoder")}
     assert len({v.overrides[:4] for v in cams.values()}) == 1
     assert all("trainer.check_val_every_n_epoch=1" in v.overrides for v in cams.values())
+    # 8 epochs of 192 steps (384 samples, batch 2), the lr stepped at the paper's fractions
+    for key in cams:
+        cfg = pipeline.stage_config(bench, key, None, tmp_path, 0, {})
+        assert (cfg.trainer.max_steps, cfg.optim.milestones) == (1536, (6, 7))
+        assert (cfg.optim.gamma, cfg.trainer.ema_decay) == (0.1, 0.99)
+    teacher = pipeline.stage_config(bench, "lidar_teacher", None, tmp_path, 0, {})
+    assert (teacher.trainer.max_steps, teacher.optim.milestones) == (600, (1000,))
+    assert pipeline.BENCH_DATA.train_scenes * pipeline.BENCH_DATA.samples_per_scene == 192 * 2
+    with pytest.raises(ConfigError, match="teachers=False runs stage 0 only"):
+        run_pipeline(None, tmp_path, teachers=False)
     assert bench.data.overrides() == (
         "data.version=v1.0-trainval",
         "data.train_split=train",

@@ -135,6 +135,17 @@ def save_safetensors(path: str | Path, state: dict[str, Tensor], metadata: dict[
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a Lightning training checkpoint was written at (its ``global_step``)."""
+    ckpt = _torch_load(Path(path))
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning training checkpoint (no 'global_step'): "
+            "give a .ckpt that labeldistill train wrote"
+        )
+    return int(ckpt["global_step"])
+
+
 def _torch_load(path: Path) -> Any:
     import pickle
 

@@ -11,9 +11,10 @@ Stages (each a config; the teachers' checkpoints are handed to the later stages)
    (``lidar_only``, ``label_only``, ``no_partition``).
 
 A budget names the configs and the training length of every stage. A stage whose run
-directory already holds ``checkpoints/last.ckpt`` and whose evaluation already holds
-``metrics.json`` is not run again (so an interrupted pipeline or a benchmark with several
-variants reuses the teachers); ``fresh=True`` retrains everything.
+directory already holds ``checkpoints/last.ckpt`` of ``trainer.max_steps`` steps and whose
+evaluation already holds ``metrics.json`` is not run again (so an interrupted pipeline or a
+benchmark with several variants reuses the teachers); a ``last.ckpt`` of fewer steps is
+continued to the budget's length; ``fresh=True`` retrains everything.
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ BENCH_DATA = DataPlan(
     image_size=(352, 198),
     segmentation=True,
 )
+#: Camera students of the accuracy benchmark: 8 epochs of 192 steps (batch 2 on 384 samples),
+#: validated after every epoch (the learning curves), lr x 0.1 after epochs 6 and 7: the
+#: paper's two steps (epochs 19 and 23 of 24) at the same fractions of the run.
+BENCH_STUDENT_STEPS = 1536
+_BENCH_STUDENT = ("trainer.check_val_every_n_epoch=1", "optim.milestones=[6,7]")
 #: The demo's set: the 10 v1.0-mini scenes, 10 samples each, with class maps.
 DEMO_DATA = DataPlan(samples_per_scene=10, segmentation=True)
 
@@ -180,9 +186,9 @@ DEMO_DATA = DataPlan(samples_per_scene=10, segmentation=True)
 #: 2): stage 0 150 steps, LiDAR teacher 100 steps, label encoder 100, baseline and every
 #: LabelDistill variant 120 each from the stage-0 backbone.
 #: ``bench``: the accuracy benchmark's budget (benchmarks/accuracy.py, on :data:`BENCH_DATA`):
-#: stage 0 600 steps, LiDAR teacher 600, label encoder 300, every camera student 960 (5 epochs
-#: of batch 2) on the stage-0 ResNet, frozen (no backward through it: 1.6x the steps per
-#: CPU-minute), validated every epoch (the learning curves).
+#: stage 0 600 steps, LiDAR teacher 600, label encoder 300, every camera student
+#: :data:`BENCH_STUDENT_STEPS` on the stage-0 ResNet, frozen (no backward through it: 1.6x the
+#: steps per CPU-minute).
 #: ``bench_scratch``: ``bench`` with random-init camera students (no stage 0, nothing frozen),
 #: the reference that shows what stage 0 buys.
 #: ``paper``: the paper configs unchanged (GPU-sized).
@@ -201,15 +207,15 @@ BUDGETS: dict[str, Budget] = {
         "bench",
         600,
         300,
-        960,
+        BENCH_STUDENT_STEPS,
         0.97,
-        "accuracy benchmark: stage 0 600 steps, teacher 600, label encoder 300, students 960"
-        " on the frozen stage-0 backbone",
+        "accuracy benchmark: stage 0 600 steps, teacher 600, label encoder 300, students"
+        f" {BENCH_STUDENT_STEPS} on the frozen stage-0 backbone",
         student_decay=0.99,
         backbone=BackbonePlan(600),
         data=BENCH_DATA,
         student_extra=(
-            "trainer.check_val_every_n_epoch=1",
+            *_BENCH_STUDENT,
             # the whole ResNet frozen after stage 0: no backward through it, 1.6x the steps
             "student.image_backbone.frozen_stages=4",
         ),
@@ -218,13 +224,13 @@ BUDGETS: dict[str, Budget] = {
         "bench_scratch",
         600,
         300,
-        960,
+        BENCH_STUDENT_STEPS,
         0.97,
         "accuracy benchmark, random-init students (nothing frozen): teacher 600, label encoder"
-        " 300, students 960",
+        f" 300, students {BENCH_STUDENT_STEPS}",
         student_decay=0.99,
         data=BENCH_DATA,
-        student_extra=("trainer.check_val_every_n_epoch=1",),
+        student_extra=_BENCH_STUDENT,
     ),
     "paper": Budget(
         "paper",
@@ -293,8 +299,9 @@ def stage_config(
 
 def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, Path, dict[str, Any]]:
     """Train (unless a finished run exists) and evaluate ``cfg`` -> (checkpoint, evaluation
-    directory, metrics)."""
-    from labeldistill.training.checkpoints import last_checkpoint, run_dir
+    directory, metrics). A run whose ``last.ckpt`` stopped short of ``trainer.max_steps`` (cut
+    off, or a budget made longer since) is continued from it (exact resume), not restarted."""
+    from labeldistill.training.checkpoints import checkpoint_step, last_checkpoint, run_dir
     from labeldistill.training.run import evaluate, train
 
     ckpt = last_checkpoint(cfg)
@@ -303,8 +310,13 @@ def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, Path, dict[str
     if fresh or not ckpt.is_file():
         log.info("pipeline: training %s (%s)", cfg.name, cfg.stage)
         ckpt = train(cfg, overwrite=True).last_ckpt  # fresh, or no finished run to reuse
-        if metrics_file.is_file():
-            metrics_file.unlink()
+        metrics_file.unlink(missing_ok=True)
+    elif 0 <= (done := checkpoint_step(ckpt)) < cfg.trainer.max_steps:
+        log.info(
+            "pipeline: continuing %s from step %d to %d", cfg.name, done, cfg.trainer.max_steps
+        )
+        ckpt = train(cfg, resume=ckpt).last_ckpt
+        metrics_file.unlink(missing_ok=True)
     else:
         log.info("pipeline: reusing %s", ckpt)
     if metrics_file.is_file():
@@ -324,6 +336,7 @@ def run_pipeline(
     teacher_dir: str | Path | None = None,
     teacher_seed: int | None = None,
     backbone: bool | None = None,
+    teachers: bool = True,
 ) -> PipelineResult:
     """Run stage 1, stage 2, stage 0 (if the budget has one), the baseline and the LabelDistill
     ``variants`` of ``budget``.
@@ -333,10 +346,14 @@ def run_pipeline(
     ``teacher_dir`` / ``teacher_seed``: where and with which seed the two teacher stages run
     (default: ``out_dir`` and ``seed``); several pipelines can share one pair of teachers.
     ``backbone``: run stage 0 (a shared stage, beside the teachers); default: when a camera
-    stage runs. ``baseline=False, variants=(), backbone=True`` runs the shared stages only.
+    stage runs. ``baseline=False, variants=(), backbone=True`` runs the shared stages only;
+    ``teachers=False`` (with no camera stage) skips the two teachers, so that stage 0 can train
+    in one process while the teachers train in another.
     """
     if budget not in BUDGETS:
         raise ConfigError(f"unknown budget '{budget}': use one of {', '.join(BUDGETS)}")
+    if not teachers and (baseline or variants):
+        raise ConfigError("the camera stages need the teachers: teachers=False runs stage 0 only")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant '{bad[0]}': use some of {', '.join(VARIANTS)}")
@@ -367,8 +384,9 @@ def run_pipeline(
         log.info("pipeline: %s mAP %.4f NDS %.4f", key, metrics["mAP"], metrics["NDS"])
         return row
 
-    lidar = stage("lidar_teacher", {})
-    label = stage("label_encoder", {"lidar_ckpt": lidar.ckpt})
+    if teachers:
+        lidar = stage("lidar_teacher", {})
+        label = stage("label_encoder", {"lidar_ckpt": lidar.ckpt})
     if backbone is None:
         backbone = bool(baseline or variants)
     if plan.backbone is not None and backbone:
