@@ -123,7 +123,7 @@ def measure(module: LabelDistillModule, batch: Any) -> dict[str, Any]:
     everything = [p for v in groups.values() for p in v]
     norms: dict[str, dict[str, float]] = {}
     flats: dict[str, Tensor] = {}
-    for name, value in losses.items():
+    for name, value in losses.terms.items():
         g = grads_of(value, everything)
         flats[name] = flat(g)
         row = part_norms(g, groups)
