@@ -33,7 +33,7 @@ ROOT = WORK / "synth_dataset_1600"
 
 def _ensure_dataset(root: Path) -> None:
     from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.synth.generate import SynthConfig, generate
 
     stamp = root / ".bench_dataset_ready"
     if stamp.exists():
@@ -70,7 +70,7 @@ def _throughput(ds, workers: int, n: int, repeats: int) -> float:  # noqa: ANN00
 
 def _decode_only(ds, n: int, repeats: int) -> float:  # noqa: ANN001
     from labeldistill.data.dataset import select_frames
-    from labeldistill.data.io import load_image
+    from labeldistill.data.readers import load_image
     from labeldistill.structures import CAMERAS
 
     rates = []
@@ -93,7 +93,7 @@ def _image_op(root: Path, repeats: int) -> tuple[float, float]:
 
     from labeldistill.config import DataConfig
     from labeldistill.data import augment
-    from labeldistill.data.io import load_image
+    from labeldistill.data.readers import load_image
 
     img = load_image(next((root / "samples" / "CAM_FRONT").glob("*.jpg")))
     rng = np.random.default_rng(0)

@@ -46,9 +46,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from labeldistill.data.infos import build_infos
-    from labeldistill.data.nuscenes_reader import VERSION_SPLITS, open_nuscenes, split_scenes
+    from labeldistill.data.nuscenes_reader import open_nuscenes, split_scenes
     from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.nuscenes_schema import INFO_SPLITS
+    from labeldistill.synth.generate import SynthConfig, generate
 
     root: Path = args.out
     stamp = root / f".bench_{args.samples_per_scene}"
@@ -64,9 +65,7 @@ def main() -> None:
 
     def tables_and_infos() -> int:
         nusc = open_nuscenes(root, version)
-        return sum(
-            len(build_infos(nusc, split_scenes(version, s))) for s in VERSION_SPLITS[version]
-        )
+        return sum(len(build_infos(nusc, split_scenes(version, s))) for s in INFO_SPLITS[version])
 
     n = tables_and_infos()
     rows = {

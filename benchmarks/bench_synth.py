@@ -57,18 +57,19 @@ def _sensor_costs(repeats: int) -> tuple[float, float]:
     """CPU seconds of one 6-camera key frame (default size) and one LiDAR sweep."""
     import numpy as np
 
-    from labeldistill.data import synthetic_render as R
-    from labeldistill.data import synthetic_world as W
-    from labeldistill.data.synthetic import SynthConfig
+    from labeldistill.synth import camera as C
+    from labeldistill.synth import lidar as L
+    from labeldistill.synth import world as W
+    from labeldistill.synth.generate import SynthConfig
 
     cfg = SynthConfig()
     world = W.build_world(cfg.seed, 0, cfg.samples_per_scene)
     rigs = []
-    for cam, (trans, yaw, pitch, _) in W.CAMERA_RIG.items():
+    for cam, (trans, yaw, pitch, _) in C.CAMERA_RIG.items():
         m = np.eye(4)
-        m[:3, :3] = W.camera_rotation(yaw, pitch)
+        m[:3, :3] = C.camera_rotation(yaw, pitch)
         m[:3, 3] = trans
-        k = W.camera_intrinsic(
+        k = C.camera_intrinsic(
             cam, cfg.image_width, cfg.image_height, cfg.fov_front_deg, cfg.fov_back_deg
         )
         rigs.append((m, k))
@@ -76,11 +77,11 @@ def _sensor_costs(repeats: int) -> tuple[float, float]:
     for r in range(repeats + 1):
         t0 = time.process_time()
         for m, k in rigs:
-            R.render_camera(
+            C.render_camera(
                 world, 0.5 * r, m, k, cfg.image_width, cfg.image_height, np.random.default_rng(r)
             )
         t1 = time.process_time()
-        R.scan_lidar(world, 0.5 * r, cfg.lidar_azimuth_steps, np.random.default_rng(r))
+        L.scan_lidar(world, 0.5 * r, cfg.lidar_azimuth_steps, np.random.default_rng(r))
         t2 = time.process_time()
         if r:  # the first round warms caches
             cams.append(t1 - t0)
@@ -96,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.synth.generate import SynthConfig, generate
 
     WORK.mkdir(parents=True, exist_ok=True)
     demo = SynthConfig()

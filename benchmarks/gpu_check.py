@@ -411,7 +411,7 @@ def check_profile(dev: Device, tiny: bool, batch: int) -> dict:
 
 def _tiny_dataset(root: Path) -> Path:
     from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.synth.generate import SynthConfig, generate
 
     cfg = SynthConfig(seed=3, samples_per_scene=2, image_width=352, image_height=198)
     generate(root, cfg, workers=1, overwrite=True)

@@ -38,7 +38,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from filelock import FileLock
 
     from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.synth.generate import SynthConfig, generate
 
     shared = _shared_dir(tmp_path_factory)
     root = shared / "synthetic_nuscenes"

@@ -109,7 +109,7 @@ def _mini_val(root: Path) -> list[dict]:
 
 
 def _empty_results(root: Path, path: Path) -> Path:
-    from labeldistill.evaluation.nuscenes_eval import RESULT_META
+    from labeldistill.evaluation.results import RESULT_META
 
     results = {str(i["sample_token"]): [] for i in _mini_val(root)}
     path.write_text(json.dumps({"meta": RESULT_META, "results": results}))
@@ -490,7 +490,7 @@ def test_item06_result_file_values(
     value: object,
     words: str,
 ) -> None:
-    from labeldistill.evaluation.nuscenes_eval import gt_as_results
+    from labeldistill.evaluation.results import gt_as_results
 
     results = gt_as_results(synthetic_root, "v1.0-mini", "mini_val")
     token = next(t for t, recs in results["results"].items() if recs)

@@ -261,7 +261,7 @@ def test_demo_writes_pictures_and_scene_gif(
     from PIL import Image
 
     from labeldistill.data.infos import info_path, load_infos
-    from labeldistill.evaluation.nuscenes_eval import gt_as_results, write_results
+    from labeldistill.evaluation.results import gt_as_results, write_results
     from labeldistill.training import run
 
     record_eval = run.evaluate

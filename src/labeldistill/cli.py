@@ -15,14 +15,14 @@ from labeldistill.errors import UserError, one_line
 
 
 def _out_dir(path: str, flag: str = "--out") -> str:
-    from labeldistill.data.io import check_output_dir
+    from labeldistill.io import check_output_dir
 
     check_output_dir(path, flag)
     return path
 
 
 def _out_file(path: str, flag: str = "--out") -> str:
-    from labeldistill.data.io import check_output_file
+    from labeldistill.io import check_output_file
 
     check_output_file(path, flag)
     return path
@@ -72,7 +72,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> Handler:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from labeldistill.data.synthetic import SynthConfig, generate
+        from labeldistill.synth.generate import SynthConfig, generate
 
         cfg = SynthConfig(
             seed=args.seed,
@@ -144,12 +144,9 @@ def _add_eval_json(sub: argparse._SubParsersAction) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from labeldistill.evaluation.nuscenes_eval import (
-            evaluate_json,
-            format_metrics,
-            gt_as_results,
-            write_results,
-        )
+        from labeldistill.evaluation.nuscenes_eval import evaluate_json
+        from labeldistill.evaluation.report import format_metrics
+        from labeldistill.evaluation.results import gt_as_results, write_results
 
         _out_dir(args.out)
         results = args.results
@@ -182,7 +179,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         if args.scene is not None:
-            from labeldistill.evaluation.scene_video import visualize_scene
+            from labeldistill.viz.scene_video import visualize_scene
 
             _out_file(args.out)
             visualize_scene(
@@ -196,7 +193,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> Handler:
                 score_threshold=args.score_threshold,
             )
             return 0
-        from labeldistill.evaluation.visualize import visualize
+        from labeldistill.viz.visualize import visualize
 
         _out_dir(args.out)
         visualize(
@@ -307,7 +304,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> Handler:
             load_config(args.config, args.overrides), ckpt=args.ckpt, out_dir=args.out
         )
         if metrics:  # rank 0 only
-            from labeldistill.evaluation.nuscenes_eval import format_metrics
+            from labeldistill.evaluation.report import format_metrics
 
             print(format_metrics(metrics))
         return 0

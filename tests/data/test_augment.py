@@ -182,7 +182,7 @@ def test_apply_bda_points_xy_only() -> None:
 def test_fast_image_path_matches_resize_then_crop(fixture_root) -> None:  # noqa: ANN001
     """The box-resampling path equals the original resize-then-crop within one grey level on
     < 0.1 % of the pixels, including crops that leave the resized image (zero fill)."""
-    from labeldistill.data.io import load_image
+    from labeldistill.data.readers import load_image
 
     img = load_image(next((fixture_root / "samples" / "CAM_BACK").glob("*.jpg")))
     rng = np.random.default_rng(0)

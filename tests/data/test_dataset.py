@@ -195,7 +195,7 @@ def test_bgr_quirk_swaps_channels(fixture_root: Path) -> None:
     torch.testing.assert_close(raw_bgr, raw_rgb.flip(0), atol=1e-3, rtol=0)
     assert (raw_rgb - raw_rgb.round()).abs().max() < 1e-3  # integer pixel values
     # Against PIL directly: CAM_FRONT, test-time ida.
-    from labeldistill.data.io import load_image
+    from labeldistill.data.readers import load_image
 
     rec = infos[0]["cam_infos"]["CAM_FRONT"]
     params = augment.sample_ida(np.random.default_rng(0), _cfg(), 1600, 900, train=False)

@@ -18,14 +18,15 @@ from labeldistill.data.depth_gt import (
     read_depth_gt,
     write_depth_gt,
 )
-from labeldistill.data.infos import CAM_NAMES, LIDAR_NAME, load_infos
+from labeldistill.data.infos import load_infos
 from labeldistill.errors import DataError
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 
 def _lidar_from_camera_ref(info: dict, cam: str, pts_cam: np.ndarray) -> np.ndarray:
     """Camera-frame points -> LiDAR frame, step by step with pyquaternion (independent code)."""
     ci = info["cam_infos"][cam]
-    li = info["lidar_infos"][LIDAR_NAME]
+    li = info["lidar_infos"][LIDAR_CHANNEL]
     p = pts_cam.T.astype(np.float64)  # [3, P]
     p = Quaternion(ci["calibrated_sensor"]["rotation"]).rotation_matrix @ p
     p = p + np.array(ci["calibrated_sensor"]["translation"])[:, None]  # camera ego
@@ -48,7 +49,7 @@ def _backproject(info: dict, cam: str, uvd: np.ndarray) -> np.ndarray:
 def _camera_from_lidar_ref(info: dict, cam: str, pts_lidar: np.ndarray) -> np.ndarray:
     """LiDAR-frame points -> camera frame, step by step with pyquaternion (independent code)."""
     ci = info["cam_infos"][cam]
-    li = info["lidar_infos"][LIDAR_NAME]
+    li = info["lidar_infos"][LIDAR_CHANNEL]
     p = pts_lidar.T.astype(np.float64)
     p = Quaternion(li["calibrated_sensor"]["rotation"]).rotation_matrix @ p
     p = p + np.array(li["calibrated_sensor"]["translation"])[:, None]  # lidar ego
@@ -67,7 +68,7 @@ def check_reprojection(info: dict, lidar_points: np.ndarray, uvd_by_cam: dict) -
     1-pixel margin, and that each row back-projects onto its scan point. Returns rows checked."""
     xyz = lidar_points[:, :3].astype(np.float64)
     rows = 0
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         uvd = uvd_by_cam[cam]
         ci = info["cam_infos"][cam]
         assert uvd.dtype == np.float32 and uvd.ndim == 2 and uvd.shape[1] == 3
@@ -157,21 +158,21 @@ def test_depth_file_round_trip(tmp_path: Path) -> None:
 def test_missing_lidar_file_names_it(fixture_root: Path, fixture_info: dict) -> None:
     with pytest.raises(DataError) as exc:
         depth_points(fixture_info, fixture_root)
-    assert fixture_info["lidar_infos"][LIDAR_NAME]["filename"] in str(exc.value)
+    assert fixture_info["lidar_infos"][LIDAR_CHANNEL]["filename"] in str(exc.value)
 
 
 def test_synthetic_depth_reprojects_onto_key_scan(synthetic_root: Path) -> None:
     """On the synthetic set (real files): every stored (u, v, d) is a point of the key scan."""
     from labeldistill.data.infos import info_path
-    from labeldistill.data.io import load_points
+    from labeldistill.data.readers import load_points
 
     infos = load_infos(info_path(synthetic_root, "mini_val"))
     rows = 0
     for info in (infos[0], infos[-1]):
         stored = {
             cam: read_depth_gt(depth_gt_path(synthetic_root, info["cam_infos"][cam]["filename"]))
-            for cam in CAM_NAMES
+            for cam in CAMERA_CHANNELS
         }
-        scan = load_points(synthetic_root / info["lidar_infos"][LIDAR_NAME]["filename"])
+        scan = load_points(synthetic_root / info["lidar_infos"][LIDAR_CHANNEL]["filename"])
         rows += check_reprojection(info, scan, stored)
     assert rows > 100

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from labeldistill.data.infos import (
-    CAM_NAMES,
-    LIDAR_NAME,
     SCHEMA_VERSION,
     info_path,
     load_infos,
@@ -21,6 +19,7 @@ from labeldistill.data.infos import (
     save_infos,
 )
 from labeldistill.errors import DataError
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 
 def assert_same(a: Any, b: Any, where: str = "info") -> None:
@@ -51,7 +50,7 @@ def test_legacy_fixture_loads(fixture_root: Path) -> None:
     info = infos[0]
     assert info["sample_token"] == "e93e98b63d3b40209056d129dc53ceee"
     assert info["timestamp"] == 1531883530449377
-    assert set(info["cam_infos"]) == set(CAM_NAMES)
+    assert set(info["cam_infos"]) == set(CAMERA_CHANNELS)
     assert len(info["cam_infos"]) == 6
     assert len(info["ann_infos"]) == 10
     cats = sorted(a["category_name"] for a in info["ann_infos"])
@@ -61,7 +60,7 @@ def test_legacy_fixture_loads(fixture_root: Path) -> None:
     assert info["cam_infos"]["CAM_FRONT"]["calibrated_sensor"]["camera_intrinsic"][0][0] == (
         pytest.approx(1266.417203046554)
     )
-    assert info["lidar_infos"][LIDAR_NAME]["calibrated_sensor"]["translation"] == [
+    assert info["lidar_infos"][LIDAR_CHANNEL]["calibrated_sensor"]["translation"] == [
         0.943713,
         0.0,
         1.84023,
@@ -199,15 +198,15 @@ def test_infos_match_devkit(synthetic_root: Path, nusc: Any, split: str) -> None
     assert [i["sample_token"] for i in infos] == [s["token"] for s in expected]
     assert len(infos) == len(names) * 4  # SYNTH_SAMPLES_PER_SCENE in conftest
 
-    lidar_rows = _channel_by_scene(nusc, LIDAR_NAME)
-    cam_rows = {cam: _channel_by_scene(nusc, cam) for cam in CAM_NAMES}
+    lidar_rows = _channel_by_scene(nusc, LIDAR_CHANNEL)
+    cam_rows = {cam: _channel_by_scene(nusc, cam) for cam in CAMERA_CHANNELS}
     full_future = 0
     n_moving = 0
     for info, sample in zip(infos, expected):
         assert info["timestamp"] == sample["timestamp"]
         assert info["scene_token"] == sample["scene_token"]
-        assert list(info["cam_infos"]) == list(CAM_NAMES)
-        for cam in CAM_NAMES:
+        assert list(info["cam_infos"]) == list(CAMERA_CHANNELS)
+        for cam in CAMERA_CHANNELS:
             sd = nusc.get("sample_data", sample["data"][cam])
             ci = info["cam_infos"][cam]
             assert ci["filename"] == sd["filename"] and ci["filename"].startswith(f"samples/{cam}/")
@@ -217,8 +216,8 @@ def test_infos_match_devkit(synthetic_root: Path, nusc: Any, split: str) -> None
             assert ci["calibrated_sensor"] == nusc.get(
                 "calibrated_sensor", sd["calibrated_sensor_token"]
             )
-        lsd = nusc.get("sample_data", sample["data"][LIDAR_NAME])
-        li = info["lidar_infos"][LIDAR_NAME]
+        lsd = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
+        li = info["lidar_infos"][LIDAR_CHANNEL]
         assert list(li) == [
             "sample_token",
             "ego_pose",
@@ -241,7 +240,7 @@ def test_infos_match_devkit(synthetic_root: Path, nusc: Any, split: str) -> None
                 break
             past.append(r)
         want = past + (rows[k + 1 : k + 6] if len(past) == 5 else [])
-        got = [s[LIDAR_NAME] for s in info["lidar_sweeps"]]
+        got = [s[LIDAR_CHANNEL] for s in info["lidar_sweeps"]]
         assert [g["filename"] for g in got] == [w["filename"] for w in want]
         for g, w in zip(got, want):
             assert g["timestamp"] == w["timestamp"] and g["is_key_frame"] == w["is_key_frame"]
@@ -254,7 +253,7 @@ def test_infos_match_devkit(synthetic_root: Path, nusc: Any, split: str) -> None
 
         # camera sweeps: per camera <= 6 past images of the same sample
         for j, slot in enumerate(info["cam_sweeps"]):
-            for cam in CAM_NAMES:
+            for cam in CAMERA_CHANNELS:
                 crow = cam_rows[cam][sample["scene_token"]]
                 kc = [r["token"] for r in crow].index(sample["data"][cam])
                 mine = [r for r in reversed(crow[:kc])]
@@ -288,7 +287,7 @@ def test_lidar_sweep_truncation_rules(nusc: Any) -> None:
 
     scene = nusc.scene[0]
     sample = nusc.get("sample", nusc.get("sample", scene["first_sample_token"])["next"])
-    key = nusc.get("sample_data", sample["data"][LIDAR_NAME])
+    key = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
     past = [nusc.get("sample_data", key["prev"])]
     for _ in range(4):
         past.append(nusc.get("sample_data", past[-1]["prev"]))
@@ -296,20 +295,20 @@ def test_lidar_sweep_truncation_rules(nusc: Any) -> None:
     for _ in range(4):
         future.append(nusc.get("sample_data", future[-1]["next"]))
     base = sample_info(nusc, sample)["lidar_sweeps"]
-    assert [s[LIDAR_NAME]["filename"] for s in base] == [r["filename"] for r in past + future]
+    assert [s[LIDAR_CHANNEL]["filename"] for s in base] == [r["filename"] for r in past + future]
     other_scene_sample = nusc.get("sample", nusc.scene[1]["first_sample_token"])
     saved = (past[2]["sample_token"], future[3]["sample_token"])
     try:
         # a sweep of another sample in slot 2: past = 2 sweeps, future dropped
         past[2]["sample_token"] = sample["prev"]
         got = sample_info(nusc, sample)["lidar_sweeps"]
-        assert [s[LIDAR_NAME]["filename"] for s in got] == [r["filename"] for r in past[:2]]
+        assert [s[LIDAR_CHANNEL]["filename"] for s in got] == [r["filename"] for r in past[:2]]
         # 5 past again; the 4th future sweep belongs to another scene: 3 future survive
         past[2]["sample_token"] = saved[0]
         future[3]["sample_token"] = other_scene_sample["token"]
         got = sample_info(nusc, sample)["lidar_sweeps"]
         want = past + future[:3]
-        assert [s[LIDAR_NAME]["filename"] for s in got] == [r["filename"] for r in want]
-        assert [s[LIDAR_NAME]["is_key_frame"] for s in got] == [False] * 8
+        assert [s[LIDAR_CHANNEL]["filename"] for s in got] == [r["filename"] for r in want]
+        assert [s[LIDAR_CHANNEL]["is_key_frame"] for s in got] == [False] * 8
     finally:
         past[2]["sample_token"], future[3]["sample_token"] = saved

@@ -14,9 +14,10 @@ import torch
 
 from labeldistill.data.dataset import EgoPose, convert_gt, mean_camera_ego_pose
 from labeldistill.data.depth_gt import depth_points
-from labeldistill.data.infos import CAM_NAMES, LIDAR_NAME, load_infos, read_info_file
+from labeldistill.data.infos import load_infos, read_info_file
 from labeldistill.data.lidar import lidar_points
 from labeldistill.errors import DataError
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, LIDAR_CHANNEL
 from labeldistill.structures import CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,15 +83,15 @@ def test_mmdet3d_layout_is_read_with_documented_defaults(demo: Path, raw: dict) 
     assert info["sample_token"] == TOKEN and info["timestamp"] == 1532402927647951
     assert info["scene_token"] == f"mmdet3d-sample-{TOKEN}"  # one scene per sample
     assert info["cam_sweeps"] == [] and info["lidar_sweeps"] == []
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         ci = info["cam_infos"][cam]
         assert (demo / ci["filename"]).is_file() and ci["filename"].startswith(f"samples/{cam}/")
         assert (ci["height"], ci["width"]) == (900, 1600)
     # each camera's ego pose, recovered from its lidar2cam: the ego moves at a constant speed
     # between the camera timestamps and the LiDAR's (CAM_BACK_LEFT: 0.5 ms before it)
-    lid = info["lidar_infos"][LIDAR_NAME]
+    lid = info["lidar_infos"][LIDAR_CHANNEL]
     speeds = []
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         ci = info["cam_infos"][cam]
         dt = (lid["timestamp"] - ci["timestamp"]) / 1e6
         dist = np.linalg.norm(
@@ -112,7 +113,7 @@ def test_mmdet3d_layout_is_read_with_documented_defaults(demo: Path, raw: dict) 
     assert front["calibrated_sensor"]["translation"] == pytest.approx(
         [1.70079124, 0.01594563, 1.51095760]
     )
-    lidar = info["lidar_infos"][LIDAR_NAME]
+    lidar = info["lidar_infos"][LIDAR_CHANNEL]
     assert (demo / lidar["filename"]).is_file()
     assert lidar["calibrated_sensor"]["translation"] == pytest.approx([0.94371301, 0.0, 1.84022999])
     assert len(info["ann_infos"]) == 69
@@ -177,7 +178,7 @@ def test_boxes_agree_with_the_real_scan(demo: Path, info: dict, raw: dict) -> No
     for ann in every["ann_infos"]:
         ann["category_name"] = "vehicle.car"
         ann["num_lidar_pts"] = max(1, ann["num_lidar_pts"])
-    lid = every["lidar_infos"][LIDAR_NAME]["ego_pose"]
+    lid = every["lidar_infos"][LIDAR_CHANNEL]["ego_pose"]
     pose = EgoPose(np.asarray(lid["translation"]), np.asarray(lid["rotation"]))
     boxes = convert_gt(every, pose).boxes  # the LiDAR ego frame, that of the points
     expected = [int(inst["num_lidar_pts"]) for inst in raw["data_list"][0]["instances"]]
@@ -189,9 +190,9 @@ def test_boxes_agree_with_the_real_scan(demo: Path, info: dict, raw: dict) -> No
 
 def test_depth_gt_lands_inside_the_six_real_images(demo: Path, info: dict, raw: dict) -> None:
     uvd = depth_points(info, demo)
-    rawpts = np.fromfile(demo / info["lidar_infos"][LIDAR_NAME]["filename"], dtype=np.float32)
+    rawpts = np.fromfile(demo / info["lidar_infos"][LIDAR_CHANNEL]["filename"], dtype=np.float32)
     xyz = rawpts.reshape(-1, 5)[:, :3].astype(np.float64)
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         got = uvd[cam]
         assert got.shape[0] > 500, cam
         u, v, d = got[:, 0], got[:, 1], got[:, 2]

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from labeldistill.data.depth_gt import depth_gt_path, depth_points, read_depth_gt
-from labeldistill.data.infos import CAM_NAMES, LIDAR_NAME, info_path, load_infos, read_info_file
-from labeldistill.data.io import load_points
+from labeldistill.data.infos import info_path, load_infos, read_info_file
 from labeldistill.data.prepare import prepare
+from labeldistill.data.readers import load_points
 from labeldistill.errors import DataError
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 SPLITS = {"mini_train": 8, "mini_val": 2}  # scenes per split of v1.0-mini
 PER_SCENE = 4  # SYNTH_SAMPLES_PER_SCENE in conftest
@@ -65,7 +66,7 @@ def test_depth_files_equal_depth_points(synthetic_root: Path) -> None:
     for info in infos[:: len(infos) // 3]:
         expected = depth_points(info, synthetic_root)
         total = 0
-        for cam in CAM_NAMES:
+        for cam in CAMERA_CHANNELS:
             got = read_depth_gt(depth_gt_path(synthetic_root, info["cam_infos"][cam]["filename"]))
             np.testing.assert_array_equal(got, expected[cam])
             total += len(got)
@@ -92,7 +93,7 @@ def test_rerun_skips_done_files(copy_root: Path) -> None:
     cut.unlink()
     cut.write_bytes(data[:-5])
     other = load_infos(info_path(copy_root, "mini_train"))[0]
-    pcd = copy_root / other["lidar_infos"][LIDAR_NAME]["filename"]
+    pcd = copy_root / other["lidar_infos"][LIDAR_CHANNEL]["filename"]
     data = pcd.read_bytes()
     pcd.unlink()  # break the hard link before touching the mtime
     pcd.write_bytes(data)
@@ -140,7 +141,7 @@ def test_no_depth_and_empty_split(synthetic_root: Path, tmp_path: Path) -> None:
 def test_interrupted_info_write_leaves_nothing(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import labeldistill.data.io as dio
+    import labeldistill.io as dio
 
     root = linked_copy(synthetic_root, tmp_path / "root")
 
@@ -158,7 +159,7 @@ def test_interrupted_info_write_leaves_nothing(
 def test_lidar_scan_is_validated(synthetic_root: Path, tmp_path: Path) -> None:
     root = linked_copy(synthetic_root, tmp_path / "root")
     info = load_infos(info_path(synthetic_root, "mini_train"))[5]
-    pcd = root / info["lidar_infos"][LIDAR_NAME]["filename"]
+    pcd = root / info["lidar_infos"][LIDAR_CHANNEL]["filename"]
     data = pcd.read_bytes()
     assert load_points(pcd).shape[1] == 5
     pcd.unlink()
@@ -206,7 +207,7 @@ def test_open_nuscenes_names_missing_table(
 
 
 def test_check_image_fast(fixture_root: Path, tmp_path: Path) -> None:
-    from labeldistill.data.io import check_image, check_image_fast
+    from labeldistill.data.readers import check_image, check_image_fast
 
     jpg = next((fixture_root / "samples" / "CAM_FRONT").glob("*.jpg"))
     assert check_image_fast(jpg) == check_image(jpg) == (1600, 900)  # full size, not 1/8

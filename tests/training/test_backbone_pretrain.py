@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from labeldistill.config import ImageBackboneConfig, load_config, shipped_configs
-from labeldistill.data.synthetic import SynthConfig, generate, segmentation_path
 from labeldistill.errors import DataError, UserError
 from labeldistill.models.image_backbone import ResNetBackbone
 from labeldistill.models.seg_pretrain import SegmentationNet, confusion_matrix, iou_per_class
+from labeldistill.synth.camera import segmentation_path
+from labeldistill.synth.generate import SynthConfig, generate
 from labeldistill.training.backbone_pretrain import (
     BACKBONE_FILE,
     SEG_CLASSES,

@@ -16,8 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from labeldistill.config import DataConfig
+from labeldistill.geometry import rotz
 
 #: Source width the resize limits of :class:`~labeldistill.config.ImageAugConfig` refer to.
 REFERENCE_WIDTH = 1600
@@ -140,8 +142,6 @@ def apply_ida_image(img, params: IdaParams, fast: bool = True):  # noqa: ANN001,
     argument, same sampling grid and filter support), about 2x faster; Pillow's intermediate
     rounding makes a few pixels (< 0.1 %) differ by one grey level.
     """
-    from PIL import Image
-
     if fast:
         new_w, new_h = params.resize_dims
         sx, sy = img.width / new_w, img.height / new_h
@@ -198,8 +198,7 @@ def sample_bda(rng: np.random.Generator, cfg: DataConfig, train: bool) -> BdaPar
 def bda_matrix(params: BdaParams) -> np.ndarray:
     """4x4 (float64) with M = Flip . (s I3) . Rz(alpha) in the top-left 3x3."""
     alpha = params.rotate / 180.0 * math.pi
-    c, s = math.cos(alpha), math.sin(alpha)
-    rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    rz = rotz(alpha)
     flip = np.diag([-1.0 if params.flip_dx else 1.0, -1.0 if params.flip_dy else 1.0, 1.0])
     m = np.eye(4)
     m[:3, :3] = flip @ (params.scale * np.eye(3)) @ rz

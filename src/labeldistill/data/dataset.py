@@ -41,31 +41,21 @@ from torch.utils.data import Dataset
 
 from labeldistill.config import DataConfig
 from labeldistill.data import augment
-from labeldistill.data.io import load_image
+from labeldistill.data.depth_gt import depth_gt_path, read_depth_gt
+from labeldistill.data.infos import info_path, load_infos
 from labeldistill.data.lidar import lidar_points
-from labeldistill.geometry import invert, pose_matrix, quaternion_to_matrix
+from labeldistill.data.readers import load_image
+from labeldistill.geometry import (
+    devkit_yaw,
+    invert,
+    pose_matrix,
+    quaternion_multiply,
+    quaternion_to_matrix,
+)
+from labeldistill.nuscenes_schema import CATEGORY_TO_CLASS
 from labeldistill.structures import BOX_DIM, CAMERAS, CLASSES, Batch, Sample, SampleMeta
 
 logger = logging.getLogger(__name__)
-
-#: nuScenes category -> detection class (METHOD.md 3.3); categories not listed are ignored.
-CATEGORY_TO_CLASS: dict[str, str] = {
-    "human.pedestrian.adult": "pedestrian",
-    "human.pedestrian.child": "pedestrian",
-    "human.pedestrian.police_officer": "pedestrian",
-    "human.pedestrian.construction_worker": "pedestrian",
-    "vehicle.car": "car",
-    "vehicle.motorcycle": "motorcycle",
-    "vehicle.bicycle": "bicycle",
-    "vehicle.bus.bendy": "bus",
-    "vehicle.bus.rigid": "bus",
-    "vehicle.truck": "truck",
-    "vehicle.construction": "construction_vehicle",
-    "vehicle.trailer": "trailer",
-    "movable_object.barrier": "barrier",
-    "movable_object.trafficcone": "traffic_cone",
-}
-
 
 # --------------------------------------------------------------------------------------------
 # Pure helpers (also used by tests and other stages)
@@ -130,28 +120,6 @@ class GroundTruth:
     labels: np.ndarray
 
 
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of quaternions (w, x, y, z)."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return np.array(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ]
-    )
-
-
-def devkit_yaw(q: np.ndarray) -> float:
-    """Yaw exactly as nuScenes / pyquaternion ``Quaternion.yaw_pitch_roll[0]`` computes it:
-    ``atan2(2 (w z - x y), 1 - 2 (y^2 + z^2))`` of the normalised quaternion (differs from the
-    heading of the rotated x axis by O(pitch * roll), ~1e-4 rad on nuScenes boxes)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return float(np.arctan2(2.0 * (w * z - x * y), 1.0 - 2.0 * (y * y + z * z)))
-
-
 def convert_gt(info: dict[str, Any], pose: EgoPose) -> GroundTruth:
     """Annotations (global frame) -> boxes in the frame of ``pose`` (METHOD.md 3.3).
 
@@ -171,7 +139,7 @@ def convert_gt(info: dict[str, Any], pose: EgoPose) -> GroundTruth:
         if int(ann.get("num_lidar_pts", 0)) + int(ann.get("num_radar_pts", 0)) <= 0:
             continue
         centre = rot.T @ (np.asarray(ann["translation"], dtype=np.float64) - pose.translation)
-        yaw = devkit_yaw(_quat_mul(q_inv, np.asarray(ann["rotation"], dtype=np.float64)))
+        yaw = devkit_yaw(quaternion_multiply(q_inv, np.asarray(ann["rotation"], dtype=np.float64)))
         vel = np.nan_to_num(np.asarray(ann.get("velocity", (0.0, 0.0, 0.0)), dtype=np.float64))
         vel3 = np.zeros(3)
         vel3[: min(3, vel.shape[0])] = vel[:3]
@@ -243,6 +211,17 @@ def depth_map(uvd: np.ndarray, params: augment.IdaParams) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _FrameGeometry:
+    """Camera geometry of one item (float64): matrices [F, N, 4, 4], timestamps [F, N] int64."""
+
+    ego_from_camera: np.ndarray
+    key_from_frame: np.ndarray
+    intrinsics: np.ndarray
+    ida: np.ndarray
+    timestamps: np.ndarray
+
+
 class NuScenesDataset(Dataset):
     """nuScenes key samples as :class:`Sample` (METHOD.md 3.3 / 3.4).
 
@@ -293,49 +272,92 @@ class NuScenesDataset(Dataset):
         return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(index)]))
 
     def __getitem__(self, index: int) -> Sample:
+        """Item ``index``: the steps below, drawing from the item's generator in this order
+        (ida per camera, bda, then the LiDAR sweeps' subsampling)."""
         cfg = self.cfg
         if not 0 <= index < len(self.infos):
             raise IndexError(index)
         info = self.infos[index]
         rng = self.rng(index)
         frames = select_frames(self.infos, index, tuple(cfg.key_idxes), self.fallback)
-        key_cams = info["cam_infos"]
+        ida_params = self._sample_ida(rng, info)
+        bda_params = augment.sample_bda(rng, cfg, self.augment)
+        bda = augment.bda_matrix(bda_params)
+        imgs = self._images(frames, ida_params)
+        geo = self._frame_geometry(info, frames, ida_params)
+        pose = mean_camera_ego_pose(info)
+        gt = convert_gt(info, pose)
+        boxes = augment.apply_bda_boxes(gt.boxes, bda_params) if self.augment else gt.boxes
+        return Sample(
+            imgs=imgs,
+            ego_from_camera=torch.from_numpy(geo.ego_from_camera).float(),
+            intrinsics=torch.from_numpy(geo.intrinsics).float(),
+            ida=torch.from_numpy(geo.ida).float(),
+            key_from_frame=torch.from_numpy(geo.key_from_frame).float(),
+            bda=torch.from_numpy(bda).float(),
+            timestamps=torch.from_numpy(geo.timestamps),
+            gt_boxes=torch.from_numpy(boxes).float(),
+            gt_labels=torch.from_numpy(gt.labels),
+            meta=self._meta(info, pose),
+            depth=self._depth_maps(info, ida_params) if self.return_depth else None,
+            lidar_points=self._lidar(info, bda, rng) if cfg.return_lidar else None,
+        )
 
-        ida_params = [
+    def _sample_ida(
+        self, rng: np.random.Generator, info: dict[str, Any]
+    ) -> list[augment.IdaParams]:
+        """One image-view augmentation per camera (:data:`CAMERAS` order), shared by all frames."""
+        key_cams = info["cam_infos"]
+        return [
             augment.sample_ida(
-                rng, cfg, int(key_cams[c]["width"]), int(key_cams[c]["height"]), self.augment
+                rng, self.cfg, int(key_cams[c]["width"]), int(key_cams[c]["height"]), self.augment
             )
             for c in CAMERAS
         ]
-        bda_params = augment.sample_bda(rng, cfg, self.augment)
-        bda = augment.bda_matrix(bda_params)
 
+    def _images(self, frames: list[int], ida_params: list[augment.IdaParams]) -> Tensor:
+        """Augmented images [F, N, 3, H, W] (uint8 or normalised float32; [F, N, 3, 0, 0] when
+        ``cfg.return_images`` is off). A frame that fell back to an already loaded image reuses
+        it (same ida)."""
+        cfg = self.cfg
         f_n = (len(frames), len(CAMERAS))
         h, w = cfg.image_size
-        load_images = bool(cfg.return_images)
         img_dtype = torch.uint8 if self.uint8_images else torch.float32
-        imgs = torch.empty((*f_n, 3, h, w) if load_images else (*f_n, 3, 0, 0), dtype=img_dtype)
-        ego_from_camera = np.zeros((*f_n, 4, 4))
-        key_from_frame = np.zeros((*f_n, 4, 4))
-        intrinsics = np.zeros((*f_n, 4, 4))
-        ida = np.zeros((*f_n, 4, 4))
-        timestamps = np.zeros(f_n, dtype=np.int64)
+        if not cfg.return_images:
+            return torch.empty((*f_n, 3, 0, 0), dtype=img_dtype)
+        imgs = torch.empty((*f_n, 3, h, w), dtype=img_dtype)
+        to_tensor = image_uint8 if self.uint8_images else normalize_image
         image_cache: dict[tuple[str, int], Tensor] = {}
         for fi, frame_idx in enumerate(frames):
             frame_cams = self.infos[frame_idx]["cam_infos"]
             for ci, cam in enumerate(CAMERAS):
-                key_cam, cam_info = key_cams[cam], frame_cams[cam]
-                # A frame that fell back to an already loaded image reuses it (same ida).
-                cache_key = (cam_info["filename"], ci)
-                if not load_images:
-                    pass
-                elif cache_key in image_cache:
+                filename = frame_cams[cam]["filename"]
+                cache_key = (filename, ci)
+                if cache_key in image_cache:
                     imgs[fi, ci].copy_(image_cache[cache_key])
-                else:
-                    pil = load_image(self.dataroot / cam_info["filename"])
-                    pil = augment.apply_ida_image(pil, ida_params[ci])
-                    to_tensor = image_uint8 if self.uint8_images else normalize_image
-                    image_cache[cache_key] = to_tensor(pil, cfg, out=imgs[fi, ci])
+                    continue
+                pil = load_image(self.dataroot / filename)
+                pil = augment.apply_ida_image(pil, ida_params[ci])
+                image_cache[cache_key] = to_tensor(pil, cfg, out=imgs[fi, ci])
+        return imgs
+
+    def _frame_geometry(
+        self, info: dict[str, Any], frames: list[int], ida_params: list[augment.IdaParams]
+    ) -> _FrameGeometry:
+        """Per frame and camera: ego_from_camera, key_from_frame, intrinsics, ida, timestamps."""
+        key_cams = info["cam_infos"]
+        f_n = (len(frames), len(CAMERAS))
+        geo = _FrameGeometry(
+            ego_from_camera=np.zeros((*f_n, 4, 4)),
+            key_from_frame=np.zeros((*f_n, 4, 4)),
+            intrinsics=np.zeros((*f_n, 4, 4)),
+            ida=np.zeros((*f_n, 4, 4)),
+            timestamps=np.zeros(f_n, dtype=np.int64),
+        )
+        for fi, frame_idx in enumerate(frames):
+            frame_cams = self.infos[frame_idx]["cam_infos"]
+            for ci, cam in enumerate(CAMERAS):
+                key_cam, cam_info = key_cams[cam], frame_cams[cam]
                 # frame-f camera -> frame-f ego -> global -> key ego (of this camera's timestamp)
                 key_ego_from_global = invert(pose_matrix(key_cam["ego_pose"]))
                 e_from_c = (
@@ -344,64 +366,49 @@ class NuScenesDataset(Dataset):
                     @ pose_matrix(cam_info["calibrated_sensor"])
                 )
                 key_cam_from_ego = invert(pose_matrix(key_cam["calibrated_sensor"]))
-                ego_from_camera[fi, ci] = e_from_c
+                geo.ego_from_camera[fi, ci] = e_from_c
                 # sensor2sensor: inverse of (key camera <- frame-f camera)
-                key_from_frame[fi, ci] = invert(key_cam_from_ego @ e_from_c)
+                geo.key_from_frame[fi, ci] = invert(key_cam_from_ego @ e_from_c)
                 k = np.eye(4)
                 k[:3, :3] = np.asarray(cam_info["calibrated_sensor"]["camera_intrinsic"])
-                intrinsics[fi, ci] = k
-                ida[fi, ci] = augment.ida_matrix(ida_params[ci])
-                timestamps[fi, ci] = int(cam_info["timestamp"])
+                geo.intrinsics[fi, ci] = k
+                geo.ida[fi, ci] = augment.ida_matrix(ida_params[ci])
+                geo.timestamps[fi, ci] = int(cam_info["timestamp"])
+        return geo
 
-        pose = mean_camera_ego_pose(info)
-        gt = convert_gt(info, pose)
-        boxes = augment.apply_bda_boxes(gt.boxes, bda_params) if self.augment else gt.boxes
+    def _depth_maps(self, info: dict[str, Any], ida_params: list[augment.IdaParams]) -> Tensor:
+        """Depth GT of the key frame [N, H, W] float32 (0 = no measurement)."""
+        key_cams = info["cam_infos"]
+        return torch.from_numpy(
+            np.stack([self._depth(key_cams[c], p) for c, p in zip(CAMERAS, ida_params)])
+        )
 
-        depth = None
-        if self.return_depth:
-            depth = torch.from_numpy(
-                np.stack([self._depth(key_cams[c], p) for c, p in zip(CAMERAS, ida_params)])
+    def _lidar(self, info: dict[str, Any], bda: np.ndarray, rng: np.random.Generator) -> Tensor:
+        """LiDAR points of the key sample (key + sweeps, bda applied) [P, 5]."""
+        cfg = self.cfg
+        return torch.from_numpy(
+            lidar_points(
+                info,
+                self.dataroot,
+                num_sweeps=cfg.lidar_sweeps,
+                max_points=cfg.max_points,
+                range_cut=cfg.lidar_range_cut,
+                bda=bda,
+                rng=rng,
             )
+        )
 
-        points = None
-        if cfg.return_lidar:
-            points = torch.from_numpy(
-                lidar_points(
-                    info,
-                    self.dataroot,
-                    num_sweeps=cfg.lidar_sweeps,
-                    max_points=cfg.max_points,
-                    range_cut=cfg.lidar_range_cut,
-                    bda=bda,
-                    rng=rng,
-                )
-            )
-
-        meta = SampleMeta(
+    @staticmethod
+    def _meta(info: dict[str, Any], pose: EgoPose) -> SampleMeta:
+        return SampleMeta(
             token=str(info["sample_token"]),
             ego_translation=tuple(float(v) for v in pose.translation),  # type: ignore[arg-type]
             ego_rotation=tuple(float(v) for v in pose.rotation),  # type: ignore[arg-type]
             scene_token=str(info.get("scene_token", "")),
             timestamp=int(info.get("timestamp", 0)),
         )
-        return Sample(
-            imgs=imgs,
-            ego_from_camera=torch.from_numpy(ego_from_camera).float(),
-            intrinsics=torch.from_numpy(intrinsics).float(),
-            ida=torch.from_numpy(ida).float(),
-            key_from_frame=torch.from_numpy(key_from_frame).float(),
-            bda=torch.from_numpy(bda).float(),
-            timestamps=torch.from_numpy(timestamps),
-            gt_boxes=torch.from_numpy(boxes).float(),
-            gt_labels=torch.from_numpy(gt.labels),
-            meta=meta,
-            depth=depth,
-            lidar_points=points,
-        )
 
     def _depth(self, cam_info: dict[str, Any], params: augment.IdaParams) -> np.ndarray:
-        from labeldistill.data.depth_gt import depth_gt_path, read_depth_gt
-
         uvd = read_depth_gt(
             depth_gt_path(self.dataroot, cam_info["filename"], self.cfg.depth_gt_dir)
         )
@@ -442,8 +449,6 @@ def build_dataset(
     cfg: DataConfig, split: str, train: bool, seed: int = 0, uint8_images: bool = False
 ) -> NuScenesDataset:
     """The dataset of ``split`` from ``info_path(cfg.info_dir or cfg.dataroot, split)``."""
-    from labeldistill.data.infos import info_path, load_infos
-
     infos = load_infos(info_path(Path(cfg.info_dir or cfg.dataroot), split))
     logger.info("split %s: %d samples (%s)", split, len(infos), "train" if train else "eval")
     return NuScenesDataset(

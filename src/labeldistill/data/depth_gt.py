@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from labeldistill.data.infos import CAM_NAMES, LIDAR_NAME
-from labeldistill.data.io import atomic_write_bytes, load_points
+from labeldistill.data.readers import load_points
 from labeldistill.errors import DataError
 from labeldistill.geometry import invert, pose_matrix
+from labeldistill.io import atomic_write_bytes
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 DEPTH_GT_DIR = "depth_gt"
 ROW_BYTES = 3 * 4  # (u, v, depth) float32
@@ -37,7 +38,7 @@ def depth_gt_path(dataroot: str | Path, filename: str, depth_dir: str | Path | N
 
 def camera_from_lidar(info: dict, cam: str) -> np.ndarray:
     """4x4 ``camera_from_lidar`` of one camera of an info (via global, each sensor's own pose)."""
-    lidar = info["lidar_infos"][LIDAR_NAME]
+    lidar = info["lidar_infos"][LIDAR_CHANNEL]
     cam_info = info["cam_infos"][cam]
     global_from_lidar = pose_matrix(lidar["ego_pose"]) @ pose_matrix(lidar["calibrated_sensor"])
     cam_from_global = invert(pose_matrix(cam_info["calibrated_sensor"])) @ invert(
@@ -55,7 +56,7 @@ def project_to_cameras(points: np.ndarray, info: dict) -> dict[str, np.ndarray]:
     """
     xyz = np.asarray(points, dtype=np.float64)[:, :3]
     rows = []
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         cam_from_lidar = camera_from_lidar(info, cam)[:3]  # [3, 4]
         k = np.asarray(info["cam_infos"][cam]["calibrated_sensor"]["camera_intrinsic"])
         pix = np.asarray(k, dtype=np.float64)[:3, :3] @ cam_from_lidar
@@ -63,7 +64,7 @@ def project_to_cameras(points: np.ndarray, info: dict) -> dict[str, np.ndarray]:
     m = np.stack(rows)  # [3 * 6, 4]
     proj = xyz @ m[:, :3].T + m[:, 3]  # [P, 18]
     out: dict[str, np.ndarray] = {}
-    for c, cam in enumerate(CAM_NAMES):
+    for c, cam in enumerate(CAMERA_CHANNELS):
         cam_info = info["cam_infos"][cam]
         depth = proj[:, 3 * c + 2]
         front = depth > 0
@@ -83,7 +84,7 @@ def depth_points(info: dict, dataroot: str | Path) -> dict[str, np.ndarray]:
 
     Reads the key LiDAR scan ``dataroot/<lidar filename>`` (DataError if missing/truncated).
     """
-    lidar_file = Path(dataroot) / info["lidar_infos"][LIDAR_NAME]["filename"]
+    lidar_file = Path(dataroot) / info["lidar_infos"][LIDAR_CHANNEL]["filename"]
     return project_to_cameras(load_points(lidar_file), info)
 
 

@@ -10,7 +10,7 @@ Info dict (one per key sample, scenes in ``nusc.scene`` order, samples in time o
 
     sample_token, timestamp, scene_token
     cam_infos      {cam: {sample_token, ego_pose, timestamp, is_key_frame, height, width,
-                          filename, calibrated_sensor}}           for the 6 cameras of CAM_NAMES
+                          filename, calibrated_sensor}}           the 6 CAMERA_CHANNELS
     lidar_infos    {'LIDAR_TOP': {sample_token, ego_pose, timestamp, filename, calibrated_sensor}}
     cam_sweeps     [{cam: sweep info (cam_infos fields)}]          <= 6 slots, newest first
     lidar_sweeps   [{'LIDAR_TOP': {..., is_key_frame, ...}}]       <= 5 past, then <= 5 future
@@ -29,25 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from labeldistill.data.io import atomic_pickle
 from labeldistill.errors import DataError
-from labeldistill.geometry import matrix_to_quaternion
+from labeldistill.geometry import matrix_to_quaternion, rotz
+from labeldistill.io import atomic_pickle
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, CLASS_CATEGORY, LIDAR_CHANNEL
 
 log = logging.getLogger(__name__)
 
 #: Version of the on-disk wrapper written by :func:`save_infos` (not of the info dicts).
 SCHEMA_VERSION = 1
 
-CAM_NAMES: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_RIGHT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_FRONT_LEFT",
-)
-LIDAR_NAME = "LIDAR_TOP"
 MAX_CAM_SWEEPS = 6
 LIDAR_PAST_SWEEPS = 5
 LIDAR_FUTURE_SWEEPS = 5
@@ -99,12 +92,12 @@ def _cam_sweeps(nusc: Any, sample: dict) -> list[dict]:
     """Up to MAX_CAM_SWEEPS slots {cam: info}: walk ``prev`` from each key image while the
     sweep still belongs to the key's sample; a camera that runs out is absent from later slots.
     """
-    current = {cam: nusc.get("sample_data", sample["data"][cam]) for cam in CAM_NAMES}
-    alive = set(CAM_NAMES)
+    current = {cam: nusc.get("sample_data", sample["data"][cam]) for cam in CAMERA_CHANNELS}
+    alive = set(CAMERA_CHANNELS)
     sweeps: list[dict] = []
     for _ in range(MAX_CAM_SWEEPS):
         slot: dict[str, dict] = {}
-        for cam in CAM_NAMES:
+        for cam in CAMERA_CHANNELS:
             if cam not in alive:
                 continue
             sd = current[cam]
@@ -130,7 +123,7 @@ def _lidar_sweeps(nusc: Any, sample: dict) -> list[dict]:
     future slots walk ``next`` while the sweep's sample is in the key's scene.
     """
     slots: list[dict | None] = [None] * (LIDAR_PAST_SWEEPS + LIDAR_FUTURE_SWEEPS)
-    key = nusc.get("sample_data", sample["data"][LIDAR_NAME])
+    key = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
     sd = key
     for i in range(LIDAR_PAST_SWEEPS):
         if sd["prev"] == "":
@@ -138,7 +131,7 @@ def _lidar_sweeps(nusc: Any, sample: dict) -> list[dict]:
         sd = nusc.get("sample_data", sd["prev"])
         if sd["sample_token"] != sample["token"]:
             break
-        slots[i] = {LIDAR_NAME: _lidar_info(nusc, sd, with_key_flag=True)}
+        slots[i] = {LIDAR_CHANNEL: _lidar_info(nusc, sd, with_key_flag=True)}
     sd = key
     for i in range(LIDAR_PAST_SWEEPS, LIDAR_PAST_SWEEPS + LIDAR_FUTURE_SWEEPS):
         if sd["next"] == "":
@@ -146,7 +139,7 @@ def _lidar_sweeps(nusc: Any, sample: dict) -> list[dict]:
         sd = nusc.get("sample_data", sd["next"])
         if nusc.get("sample", sd["sample_token"])["scene_token"] != sample["scene_token"]:
             break
-        slots[i] = {LIDAR_NAME: _lidar_info(nusc, sd, with_key_flag=True)}
+        slots[i] = {LIDAR_CHANNEL: _lidar_info(nusc, sd, with_key_flag=True)}
     out: list[dict] = []
     for slot in slots:
         if slot is None:
@@ -171,15 +164,16 @@ def _ann_infos(nusc: Any, sample: dict) -> list[dict]:
 def sample_info(nusc: Any, sample: dict) -> dict:
     """The METHOD.md 3.1 info dict of one sample record."""
     cam_infos = {
-        cam: _cam_info(nusc, nusc.get("sample_data", sample["data"][cam])) for cam in CAM_NAMES
+        cam: _cam_info(nusc, nusc.get("sample_data", sample["data"][cam]))
+        for cam in CAMERA_CHANNELS
     }
-    lidar_sd = nusc.get("sample_data", sample["data"][LIDAR_NAME])
+    lidar_sd = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
     return {
         "sample_token": sample["token"],
         "timestamp": sample["timestamp"],
         "scene_token": sample["scene_token"],
         "cam_infos": cam_infos,
-        "lidar_infos": {LIDAR_NAME: _lidar_info(nusc, lidar_sd, with_key_flag=False)},
+        "lidar_infos": {LIDAR_CHANNEL: _lidar_info(nusc, lidar_sd, with_key_flag=False)},
         "cam_sweeps": _cam_sweeps(nusc, sample),
         "lidar_sweeps": _lidar_sweeps(nusc, sample),
         "ann_infos": _ann_infos(nusc, sample),
@@ -197,8 +191,6 @@ def build_infos(nusc: Any, scene_names: Iterable[str], progress: bool = False) -
     scenes = [s for s in nusc.scene if s["name"] in wanted]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(
             total=sum(s["nbr_samples"] for s in scenes), desc="infos", unit="sample", disable=None
         )
@@ -362,7 +354,7 @@ def _check_infos(infos: list, path: Path) -> None:
                 f"info file {path}: entry {i} lacks {', '.join(missing)} (not the nuScenes "
                 f"info layout): {_regen(path)}"
             )
-        if not isinstance(info["cam_infos"], dict) or LIDAR_NAME not in info["lidar_infos"]:
+        if not isinstance(info["cam_infos"], dict) or LIDAR_CHANNEL not in info["lidar_infos"]:
             raise DataError(
                 f"info file {path}: entry {i} has malformed cam_infos/lidar_infos: {_regen(path)}"
             )
@@ -411,13 +403,15 @@ def _sensor_problem(rec: Any, where: str, camera: bool) -> str:
 def _malformed_field(info: dict) -> str:
     """The first nested field of an info that the dataset, depth GT or evaluation could not
     read (METHOD.md 3.1 layout), as 'key.path must be ...'; '' when the info is readable."""
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         if cam not in info["cam_infos"]:
             return f"cam_infos lacks {cam}"
         problem = _sensor_problem(info["cam_infos"][cam], f"cam_infos.{cam}", camera=True)
         if problem:
             return problem
-    problem = _sensor_problem(info["lidar_infos"][LIDAR_NAME], f"lidar_infos.{LIDAR_NAME}", False)
+    problem = _sensor_problem(
+        info["lidar_infos"][LIDAR_CHANNEL], f"lidar_infos.{LIDAR_CHANNEL}", False
+    )
     if problem:
         return problem
     sweeps = info.get("lidar_sweeps", [])
@@ -426,9 +420,9 @@ def _malformed_field(info: dict) -> str:
     for j, sweep in enumerate(sweeps):
         if not isinstance(sweep, dict):
             return f"lidar_sweeps[{j}] must be a mapping"
-        if LIDAR_NAME in sweep:
-            where = f"lidar_sweeps[{j}].{LIDAR_NAME}"
-            problem = _sensor_problem(sweep[LIDAR_NAME], where, camera=False)
+        if LIDAR_CHANNEL in sweep:
+            where = f"lidar_sweeps[{j}].{LIDAR_CHANNEL}"
+            problem = _sensor_problem(sweep[LIDAR_CHANNEL], where, camera=False)
             if problem:
                 return problem
     anns = info.get("ann_infos", [])
@@ -454,20 +448,6 @@ def load_infos(path: str | Path) -> list[dict]:
 # mmdetection3d >= 1.1 info files
 # ---------------------------------------------------------------------------------------------
 
-#: The nuScenes category written for a box of each detection class (the mmdet3d layout keeps
-#: only the class index; any category of the class gives the same GT).
-MMDET3D_CLASS_CATEGORY: dict[str, str] = {
-    "car": "vehicle.car",
-    "truck": "vehicle.truck",
-    "construction_vehicle": "vehicle.construction",
-    "bus": "vehicle.bus.rigid",
-    "trailer": "vehicle.trailer",
-    "barrier": "movable_object.barrier",
-    "motorcycle": "vehicle.motorcycle",
-    "bicycle": "vehicle.bicycle",
-    "pedestrian": "human.pedestrian.adult",
-    "traffic_cone": "movable_object.trafficcone",
-}
 #: Category of a box whose ``bbox_label_3d`` is -1 (not a detection class): dropped by the GT.
 MMDET3D_IGNORED = "mmdet3d.ignored"
 #: Image size when the layout gives none (every nuScenes camera).
@@ -552,14 +532,14 @@ def infos_from_mmdet3d(data: dict, path: str | Path) -> list[dict]:
     camera sweeps; no LiDAR sweeps unless ``lidar_sweeps`` is given (the dataset then repeats
     the key scan, as the original does for sweep-less samples); ``scene_token`` defaults to one
     scene per sample (so history key frames fall back to the key frame); boxes get a
-    representative nuScenes category of their class (:data:`MMDET3D_CLASS_CATEGORY`), empty
+    representative nuScenes category of their class (:data:`CLASS_CATEGORY`), empty
     instance / attribute tokens; a NaN velocity becomes 0.
     """
     path = Path(path)
     meta = data.get("metainfo") or {}
     categories = _field(meta, "categories", "metainfo", path)
     index_to_class = {int(i): str(name) for name, i in dict(categories).items()}
-    unknown = sorted(set(index_to_class.values()) - set(MMDET3D_CLASS_CATEGORY))
+    unknown = sorted(set(index_to_class.values()) - set(CLASS_CATEGORY))
     if unknown:
         raise DataError(
             f"info file {path} (mmdetection3d layout): metainfo['categories'] names {unknown}, "
@@ -579,7 +559,7 @@ def infos_from_mmdet3d(data: dict, path: str | Path) -> list[dict]:
         ego_pose = _pose(global_from_ego)
         images = _field(sample, "images", where, path)
         cam_infos = {}
-        for cam in CAM_NAMES:
+        for cam in CAMERA_CHANNELS:
             img = _field(images, cam, f"{where}.images", path)
             cw = f"{where}.images.{cam}"
             k = _matrix(_field(img, "cam2img", cw, path), (3, 3), f"{cw}.cam2img", path)
@@ -609,7 +589,9 @@ def infos_from_mmdet3d(data: dict, path: str | Path) -> list[dict]:
             "sample_token": token,
             "ego_pose": dict(ego_pose, timestamp=timestamp),
             "timestamp": timestamp,
-            "filename": _rel(str(_field(lidar, "lidar_path", lw, path)), f"samples/{LIDAR_NAME}"),
+            "filename": _rel(
+                str(_field(lidar, "lidar_path", lw, path)), f"samples/{LIDAR_CHANNEL}"
+            ),
             "calibrated_sensor": lidar_calib,
         }
         sweeps = []
@@ -621,14 +603,14 @@ def infos_from_mmdet3d(data: dict, path: str | Path) -> list[dict]:
             )
             sweeps.append(
                 {
-                    LIDAR_NAME: {
+                    LIDAR_CHANNEL: {
                         "sample_token": token,
                         "ego_pose": _pose(sweep_pose),
                         "timestamp": _us(_field(sweep, "timestamp", sw, path)),
                         "is_key_frame": False,
                         "filename": _rel(
                             str(_field(pts, "lidar_path", f"{sw}.lidar_points", path)),
-                            f"sweeps/{LIDAR_NAME}",
+                            f"sweeps/{LIDAR_CHANNEL}",
                         ),
                         "calibrated_sensor": dict(lidar_calib),
                     }
@@ -644,7 +626,7 @@ def infos_from_mmdet3d(data: dict, path: str | Path) -> list[dict]:
                 "timestamp": timestamp,
                 "scene_token": str(sample.get("scene_token", f"mmdet3d-sample-{token}")),
                 "cam_infos": cam_infos,
-                "lidar_infos": {LIDAR_NAME: lidar_info},
+                "lidar_infos": {LIDAR_CHANNEL: lidar_info},
                 "cam_sweeps": [],
                 "lidar_sweeps": sweeps,
                 "ann_infos": anns,
@@ -684,12 +666,11 @@ def _mmdet3d_annotation(
         _field(inst, "num_lidar_pts", iw, path)  # raises, naming the field
     rot = global_from_lidar[:3, :3]
     centre = rot @ box[:3] + global_from_lidar[:3, 3]
-    c, s = np.cos(box[6]), np.sin(box[6])
-    yaw_rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    yaw_rot = rotz(float(box[6]))
     vel = np.nan_to_num(np.asarray(inst.get("velocity", (0.0, 0.0)), dtype=np.float64))
     vel3 = np.zeros(3)
     vel3[: min(2, vel.shape[0])] = vel[:2]
-    category = MMDET3D_CLASS_CATEGORY[index_to_class[label]] if label >= 0 else MMDET3D_IGNORED
+    category = CLASS_CATEGORY[index_to_class[label]] if label >= 0 else MMDET3D_IGNORED
     return {
         "token": f"{token}-{j}",
         "sample_token": token,

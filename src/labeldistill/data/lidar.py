@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from labeldistill.data.augment import apply_bda_points
-from labeldistill.data.io import load_points
+from labeldistill.data.readers import load_points
 from labeldistill.geometry import invert, pose_matrix
 
 #: Value of padding rows (far outside every point-cloud range, dropped by voxelisation).

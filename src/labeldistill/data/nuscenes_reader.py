@@ -15,40 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from labeldistill.errors import DataError, UserError
+from labeldistill.nuscenes_schema import INFO_SPLITS, TABLES
 
 log = logging.getLogger(__name__)
-
-#: The official splits of each nuScenes version (what ``prepare`` writes info files for).
-VERSION_SPLITS: dict[str, tuple[str, ...]] = {
-    "v1.0-mini": ("mini_train", "mini_val"),
-    "v1.0-trainval": ("train", "val"),
-    "v1.0-test": ("test",),
-}
-
-#: The 13 JSON tables every version folder holds (the devkit refuses to load without them).
-TABLES: tuple[str, ...] = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
 
 
 def check_version(version: str) -> tuple[str, ...]:
     """The official splits of ``version``; UserError naming the known versions otherwise."""
-    if version not in VERSION_SPLITS:
-        known = ", ".join(VERSION_SPLITS)
+    if version not in INFO_SPLITS:
+        known = ", ".join(INFO_SPLITS)
         raise UserError(f"unknown nuScenes version '{version}': use one of {known}")
-    return VERSION_SPLITS[version]
+    return INFO_SPLITS[version]
 
 
 def check_dataroot(dataroot: str | Path, version: str) -> Path:
@@ -86,7 +63,7 @@ def open_nuscenes(dataroot: str | Path, version: str) -> Any:  # -> nuscenes.NuS
     folder or table, or a table that is not valid JSON.
     """
     folder = check_dataroot(dataroot, version)
-    from nuscenes.nuscenes import NuScenes
+    from nuscenes.nuscenes import NuScenes  # optional here: nuscenes devkit (heavy)
 
     sink = io.StringIO()
     try:
@@ -125,7 +102,7 @@ def split_scenes(version: str, split: str) -> list[str]:
     splits = check_version(version)
     if split not in splits:
         raise UserError(f"unknown split '{split}' for {version}: use one of {', '.join(splits)}")
-    from nuscenes.utils.splits import create_splits_scenes
+    from nuscenes.utils.splits import create_splits_scenes  # optional here: nuscenes devkit
 
     with contextlib.redirect_stdout(io.StringIO()):
         return list(create_splits_scenes(verbose=False)[split])

@@ -24,6 +24,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from labeldistill.data.depth_gt import (
     depth_gt_dir,
     depth_gt_is_current,
@@ -32,21 +34,15 @@ from labeldistill.data.depth_gt import (
     write_depth_gt,
 )
 from labeldistill.data.infos import (
-    CAM_NAMES,
-    LIDAR_NAME,
     build_infos,
     info_path,
     save_infos,
 )
-from labeldistill.data.io import (
-    check_image_fast,
-    check_output_dir,
-    die_with_parent,
-    load_points,
-    remove_stale_temporaries,
-)
 from labeldistill.data.nuscenes_reader import check_version, open_nuscenes, split_scenes
+from labeldistill.data.readers import check_image_fast, load_points
 from labeldistill.errors import DataError
+from labeldistill.io import check_output_dir, die_with_parent, remove_stale_temporaries
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, LIDAR_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +85,7 @@ class _Counts:
 def check_sample_files(info: dict, dataroot: Path) -> None:
     """Validate the six key images (exist, decode, size as the tables say) and the key LiDAR
     scan of one info; DataError naming the first bad file."""
-    for cam in CAM_NAMES:
+    for cam in CAMERA_CHANNELS:
         cam_info = info["cam_infos"][cam]
         path = dataroot / cam_info["filename"]
         width, height = check_image_fast(path)
@@ -102,17 +98,17 @@ def check_sample_files(info: dict, dataroot: Path) -> None:
 
 def _process_sample(info: dict, dataroot: Path, depth_dir: Path | None) -> _Counts:
     check_sample_files(info, dataroot)
-    lidar_file = dataroot / info["lidar_infos"][LIDAR_NAME]["filename"]
+    lidar_file = dataroot / info["lidar_infos"][LIDAR_CHANNEL]["filename"]
     points = load_points(lidar_file)  # validates even when depth is off or already done
     counts = _Counts()
     if depth_dir is None:
         return counts
     targets = {
         cam: depth_gt_path(dataroot, info["cam_infos"][cam]["filename"], depth_dir)
-        for cam in CAM_NAMES
+        for cam in CAMERA_CHANNELS
     }
-    todo = [cam for cam in CAM_NAMES if not depth_gt_is_current(targets[cam], lidar_file)]
-    counts.skipped = len(CAM_NAMES) - len(todo)
+    todo = [cam for cam in CAMERA_CHANNELS if not depth_gt_is_current(targets[cam], lidar_file)]
+    counts.skipped = len(CAMERA_CHANNELS) - len(todo)
     if todo:
         uvd = project_to_cameras(points, info)
         for cam in todo:
@@ -134,8 +130,6 @@ def _run_samples(
     infos: list[dict], dataroot: Path, depth_dir: Path | None, workers: int, desc: str
 ) -> _Counts:
     """Validate + depth GT of every info, in-process (workers == 1) or in a process pool."""
-    from tqdm import tqdm
-
     total = _Counts()
     depth = str(depth_dir) if depth_dir is not None else None
     chunks = [infos[i : i + CHUNK] for i in range(0, len(infos), CHUNK)]

@@ -32,12 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 from labeldistill.config import DataConfig, ExperimentConfig
 from labeldistill.data import augment
 from labeldistill.data.dataset import normalize_image
-from labeldistill.data.infos import CAM_NAMES, info_path, load_infos
-from labeldistill.data.io import atomic_write_text, load_image
-from labeldistill.data.synthetic import segmentation_path
+from labeldistill.data.infos import info_path, load_infos
+from labeldistill.data.readers import load_image
 from labeldistill.errors import DataError, UserError
+from labeldistill.io import atomic_write_text
 from labeldistill.models.seg_pretrain import SegmentationNet, confusion_matrix, iou_per_class
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS
 from labeldistill.structures import CLASSES
+from labeldistill.synth.camera import segmentation_path
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class SegmentationImages(Dataset):
     def __init__(
         self, infos: list[dict], dataroot: str | Path, data_cfg: DataConfig, train: bool, seed: int
     ) -> None:
-        self.items = [(i, cam) for i in range(len(infos)) for cam in CAM_NAMES]
+        self.items = [(i, cam) for i in range(len(infos)) for cam in CAMERA_CHANNELS]
         self.infos = infos
         self.root = Path(dataroot)
         self.cfg = data_cfg

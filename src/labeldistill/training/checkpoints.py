@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 from labeldistill.config import ExperimentConfig
-from labeldistill.data.io import atomic_path
 from labeldistill.errors import CheckpointError, ConfigError
+from labeldistill.io import atomic_path
 
 log = logging.getLogger(__name__)
 

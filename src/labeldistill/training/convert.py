@@ -43,8 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from labeldistill.config import ExperimentConfig
-from labeldistill.data.io import atomic_path
 from labeldistill.errors import CheckpointError, ConfigError
+from labeldistill.io import atomic_torch_save
 from labeldistill.ops.sparse_conv import convert_weight
 
 log = logging.getLogger(__name__)
@@ -404,8 +404,7 @@ def convert_to_original(
     weights = read_weights(src, prefer_ema=prefer_ema)
     model = build_stage_model(cfg)
     state = to_original_state(weights.state_dict, model, layout=layout)
-    with atomic_path(out) as tmp:
-        torch.save({"state_dict": state}, tmp)
+    atomic_torch_save(out, {"state_dict": state})
     log.info("%s -> %s: %d tensors in the original layout", src, out, len(state))
     return len(state)
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from labeldistill.config import ExperimentConfig
-from labeldistill.data.io import atomic_write_text
+from labeldistill.io import atomic_write_text
 from labeldistill.models import build
 from labeldistill.structures import Batch, Detections, LossDict, SampleMeta
 from labeldistill.training.optim import build_optimizer, build_scheduler

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labeldistill.config import ExperimentConfig
-from labeldistill.data.io import atomic_path
 from labeldistill.errors import CheckpointError, UserError
+from labeldistill.io import atomic_path
 from labeldistill.models.center_head import REG_BRANCHES
 from labeldistill.models.depth_net import DeformConv2dPack, camera_vector
 from labeldistill.models.student import BEVDepthStudent
@@ -435,7 +435,7 @@ def predict_onnx(
     from tqdm import tqdm
 
     from labeldistill.data.dataset import build_dataset, collate
-    from labeldistill.evaluation.nuscenes_eval import results_from_detections, write_results
+    from labeldistill.evaluation.results import results_from_detections, write_results
     from labeldistill.models.center_head import CenterHead
 
     split = split or cfg.data.val_split

@@ -478,7 +478,7 @@ def ensure_synthetic(
     plan's defaults. Returns ``root``."""
     from labeldistill.data.infos import info_path
     from labeldistill.data.prepare import prepare
-    from labeldistill.data.synthetic import SynthConfig, generate
+    from labeldistill.synth.generate import SynthConfig, generate
 
     root = Path(root)
     if not info_path(root, plan.splits[1]).is_file():
@@ -512,9 +512,10 @@ def run_demo(
     predictions and animated GIFs of the first val scene (six cameras + BEV, GT and the
     predictions of the LiDAR teacher / of LabelDistill over time). Everything lives below
     ``out_dir``; an existing dataset is reused."""
-    from labeldistill.evaluation.nuscenes_eval import evaluate_json, gt_as_results, write_results
-    from labeldistill.evaluation.scene_video import visualize_scene
-    from labeldistill.evaluation.visualize import visualize
+    from labeldistill.evaluation.nuscenes_eval import evaluate_json
+    from labeldistill.evaluation.results import gt_as_results, write_results
+    from labeldistill.viz.scene_video import visualize_scene
+    from labeldistill.viz.visualize import visualize
 
     out = Path(out_dir)
     if budget not in BUDGETS:

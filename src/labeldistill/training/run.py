@@ -27,8 +27,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
 from labeldistill.config import ExperimentConfig, dump_config
-from labeldistill.data.io import atomic_write_text, check_output_dir, check_output_file
 from labeldistill.errors import CheckpointError
+from labeldistill.io import atomic_write_text, check_output_dir, check_output_file
 from labeldistill.training.callbacks import EMACallback, StepLimit, ema_files
 from labeldistill.training.checkpoints import (
     check_resume_checkpoint,
@@ -487,7 +487,7 @@ def predict(
     cfg: ExperimentConfig, ckpt: str | Path | None, split: str | None, out: str | Path
 ) -> Path:
     """Write the nuScenes result JSON of ``split`` (default: the val split) to ``out``."""
-    from labeldistill.evaluation.nuscenes_eval import results_from_detections, write_results
+    from labeldistill.evaluation.results import results_from_detections, write_results
 
     split = split or cfg.data.val_split
     out = check_output_file(out, "--out")

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeldistill.data.synthetic import (
-    SynthConfig,
-    generate,
-    scene_list,
-    segmentation_map,
-    segmentation_path,
-)
 from labeldistill.errors import UserError
+from labeldistill.synth.camera import segmentation_path
+from labeldistill.synth.generate import SynthConfig, generate, scene_list
 
 pytestmark = pytest.mark.xdist_group("synthetic_options")
 
@@ -31,21 +26,6 @@ TRAINVAL = SynthConfig(
     val_scenes=1,
     segmentation=True,
 )
-
-
-def test_segmentation_map_hand_case() -> None:
-    # object 0 is a pedestrian (class 8), object 1 unannotated scenery (-1), object 2 a car (0)
-    ids = np.array([[-1, 0, 2], [1, 2, -1]])
-    seg = segmentation_map(ids, [8, -1, 0])
-    assert seg.dtype == np.uint8
-    assert seg.tolist() == [[0, 9, 1], [0, 1, 0]]
-
-
-def test_segmentation_path() -> None:
-    name = "samples/CAM_FRONT/n008-x__CAM_FRONT__15.jpg"
-    assert segmentation_path(name) == "segmentation/CAM_FRONT/n008-x__CAM_FRONT__15.png"
-    with pytest.raises(ValueError):
-        segmentation_path("sweeps/CAM_FRONT/a.jpg")
 
 
 def test_scene_list_trainval_uses_official_names() -> None:
@@ -86,7 +66,8 @@ def test_trainval_tree_loads_and_splits(trainval_root: Path) -> None:
 def test_trainval_gt_scores_one_with_the_devkit(trainval_root: Path, tmp_path: Path) -> None:
     """The bigger set passes the devkit's checks: the GT scored as predictions on the val
     scenes present gives AP 1 for every class that has GT there."""
-    from labeldistill.evaluation.nuscenes_eval import evaluate_json, gt_as_results, write_results
+    from labeldistill.evaluation.nuscenes_eval import evaluate_json
+    from labeldistill.evaluation.results import gt_as_results, write_results
 
     res = write_results(tmp_path / "gt.json", gt_as_results(trainval_root, "v1.0-trainval", "val"))
     m = evaluate_json(trainval_root, "v1.0-trainval", "val", res, tmp_path / "eval")

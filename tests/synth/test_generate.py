@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeldistill.data import synthetic_world as W
-from labeldistill.data.synthetic import SCENES, TABLES, SynthConfig, generate
 from labeldistill.errors import UserError
+from labeldistill.nuscenes_schema import MINI_SCENES, TABLES
+from labeldistill.structures import CLASSES
+from labeldistill.synth import world as W
+from labeldistill.synth.camera import render_camera
+from labeldistill.synth.generate import SynthConfig, generate
+from labeldistill.synth.objects import MEAN_SIZE
 
 # One worker builds this module's own synthetic set (with pytest-xdist --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("synthetic_own")
@@ -52,7 +56,7 @@ def test_tables_scenes_and_splits(nusc, synth_root: Path) -> None:
     assert sorted(p.stem for p in (synth_root / "v1.0-mini").glob("*.json")) == sorted(TABLES)
     names = [s["name"] for s in nusc.scene]
     assert sorted(names) == sorted(splits.mini_train + splits.mini_val)
-    assert len(nusc.sample) == len(SCENES) * CFG.samples_per_scene
+    assert len(nusc.sample) == len(MINI_SCENES) * CFG.samples_per_scene
     for rec in nusc.map:
         assert (synth_root / rec["filename"]).is_file()
     assert {c["channel"] for c in nusc.sensor} == {
@@ -64,7 +68,7 @@ def test_tables_scenes_and_splits(nusc, synth_root: Path) -> None:
     from nuscenes.eval.detection.utils import category_to_detection_name
 
     det = {category_to_detection_name(a["category_name"]) for a in nusc.sample_annotation}
-    assert det == set(W.DETECTION_CLASSES)
+    assert det == set(CLASSES)
 
 
 def test_key_samples_2hz_and_lidar_sweeps_20hz(nusc) -> None:
@@ -179,7 +183,6 @@ def test_rendered_pixels_lie_in_projected_annotation_boxes(nusc) -> None:
     timestamps, as on the real car, so they are left out)."""
     from nuscenes.utils.geometry_utils import BoxVisibility, view_points
 
-    from labeldistill.data import synthetic_render as R
     from labeldistill.geometry import pose_matrix
 
     checked = 0
@@ -187,13 +190,13 @@ def test_rendered_pixels_lie_in_projected_annotation_boxes(nusc) -> None:
         (i, c) for i in (0, 3, 6) for c in ("CAM_FRONT", "CAM_BACK_LEFT", "CAM_BACK")
     ]:
         world = W.build_world(CFG.seed, scene_index, CFG.samples_per_scene)
-        scene = next(s for s in nusc.scene if s["name"] == SCENES[scene_index][0])
+        scene = next(s for s in nusc.scene if s["name"] == MINI_SCENES[scene_index][0])
         sample = nusc.get("sample", scene["first_sample_token"])
         sd = nusc.get("sample_data", sample["data"][cam])
         cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         t = (sd["timestamp"] - sample["timestamp"]) / 1e6
         k = np.array(cs["camera_intrinsic"])
-        out = R.render_camera(
+        out = render_camera(
             world,
             t,
             pose_matrix(cs),
@@ -242,7 +245,7 @@ def test_box_velocity_agrees_with_true_velocity(nusc) -> None:
     rounding of the written translations over 0.5 s (<= 2 * 0.5e-3 / 0.5 = 2e-3 m/s)."""
     worlds = {}
     checked = moving = 0
-    for scene_index, (name, _) in enumerate(SCENES):
+    for scene_index, (name, _) in enumerate(MINI_SCENES):
         worlds[name] = W.build_world(CFG.seed, scene_index, CFG.samples_per_scene)
     for ann in nusc.sample_annotation:
         sample = nusc.get("sample", ann["sample_token"])
@@ -273,7 +276,7 @@ def test_sizes_vary_within_class(nusc) -> None:
         for a in nusc.sample_annotation
         if category_to_detection_name(a["category_name"]) == "car"
     ]
-    mean = W.MEAN_SIZE["car"][1]
+    mean = MEAN_SIZE["car"][1]
     assert min(lengths) < 0.93 * mean and max(lengths) > 1.07 * mean
     assert min(lengths) > 0.8 * mean and max(lengths) < 1.2 * mean
 

@@ -13,16 +13,16 @@ from PIL import Image
 
 from labeldistill.cli import main as cli_main
 from labeldistill.errors import UserError
-from labeldistill.evaluation.nuscenes_eval import sample_meta_from_info
-from labeldistill.evaluation.visualize import (
+from labeldistill.evaluation.results import sample_meta_from_info
+from labeldistill.geometry import apply, invert, transform
+from labeldistill.structures import CAMERAS
+from labeldistill.viz.visualize import (
     CLASS_COLORS,
     GT_COLOR,
     POINT_COLOR,
     panel_layout,
     visualize,
 )
-from labeldistill.geometry import apply, invert, transform
-from labeldistill.structures import CAMERAS
 
 
 def _devkit_edges(ann: dict, cam_info: dict) -> list[tuple[np.ndarray, np.ndarray, float]]:

@@ -1,25 +1,30 @@
-"""File I/O shared by the data layer: atomic writes and validated readers.
+"""Atomic writers and output-path checks used by every layer (base layer: stdlib only).
 
-Readers raise :class:`labeldistill.errors.DataError` with one line naming the file and the fix.
 Writers go to a temporary name in the same directory and ``os.replace`` it, so an interrupted
-run never leaves a partial file.
+run never leaves a partial file; :func:`remove_stale_temporaries` deletes what a killed writer
+left. The output checks fail early with one :class:`~labeldistill.errors.UserError` line.
+:func:`die_with_parent` (a pool initializer) lives here because it shares the pid test of the
+temporaries. The validated readers of the data path are in :mod:`labeldistill.data.readers`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import json
 import os
 import pickle
+import signal
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from labeldistill.errors import DataError, UserError
-
-POINT_DIMS = 5  # x, y, z, intensity, ring (nuScenes .pcd.bin, float32)
+from labeldistill.errors import UserError
 
 
 def die_with_parent(pid: int) -> None:
@@ -28,15 +33,7 @@ def die_with_parent(pid: int) -> None:
     command leaves no orphaned workers. A forkserver worker's parent is the forkserver, which
     itself lives as long as its workers, so the worker watches ``pid`` from a daemon thread
     (and, where ``pid`` is its direct parent on Linux, also asks for ``PR_SET_PDEATHSIG``)."""
-    import signal
-    import sys
-    import threading
-    import time
-
     if sys.platform.startswith("linux") and os.getppid() == pid:
-        import ctypes
-        import ctypes.util
-
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -158,80 +155,31 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
+def atomic_write_json(path: str | Path, obj: Any, **dumps_kwargs: Any) -> None:
+    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, **dumps_kwargs))
+
+
 def atomic_pickle(path: str | Path, obj: Any) -> None:
+    """Pickle ``obj`` (highest protocol) to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_points(path: str | Path, dims: int = POINT_DIMS) -> np.ndarray:
-    """Read a nuScenes ``.pcd.bin`` (float32 x ``dims``) -> [P, dims] float32."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"point cloud {path} is missing: check --dataroot or re-download it")
-    size = path.stat().st_size
-    if size == 0 or size % (4 * dims) != 0:
-        raise DataError(
-            f"point cloud {path} is truncated or corrupt ({size} bytes is not a multiple of "
-            f"{4 * dims}): re-download or regenerate it"
-        )
-    return np.fromfile(path, dtype=np.float32).reshape(-1, dims)
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch  # optional here: the synthetic generator imports this module without torch
 
-
-def load_image(path: str | Path):  # noqa: ANN201 (PIL.Image.Image)
-    """Read an image as PIL RGB; fully decoded so that corrupt files fail here."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} is missing: check --dataroot or re-download it")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"image {path} is corrupt ({exc}): re-download or regenerate it") from None
-
-
-def check_image(path: str | Path) -> tuple[int, int]:
-    """Validate an image file cheaply (header + structure) -> (width, height)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} is missing: check --dataroot or re-download it")
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            img.load()  # decode: catches truncated JPEG data, which verify() does not
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"image {path} is corrupt ({exc}): re-download or regenerate it") from None
-    return size
-
-
-def check_image_fast(path: str | Path) -> tuple[int, int]:
-    """Like :func:`check_image` -> (width, height), but JPEGs are decoded at 1/8 scale (DCT
-    scaling), which still reads every entropy-coded byte (truncation and corrupt data fail) at
-    a fraction of the cost. Used by ``prepare`` to validate every key image of a dataset."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image {path} is missing: check --dataroot or re-download it")
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"image {path} is corrupt ({exc}): re-download or regenerate it") from None
-    return size
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

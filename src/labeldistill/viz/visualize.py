@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from labeldistill.data.infos import info_path, load_infos
-from labeldistill.data.io import atomic_write_bytes, load_image, load_points
+from labeldistill.data.readers import load_image, load_points
 from labeldistill.errors import DataError, UserError
-from labeldistill.evaluation.nuscenes_eval import (
-    DETECTION_NAME_OF_CATEGORY,
-    load_results,
-    sample_meta_from_info,
-)
+from labeldistill.evaluation.results import load_results, sample_meta_from_info
 from labeldistill.geometry import apply, box_corners, invert, pose_matrix, transform
+from labeldistill.io import atomic_write_bytes
+from labeldistill.nuscenes_schema import CATEGORY_TO_CLASS
 from labeldistill.structures import CAMERAS, CLASSES, nusc_size_to_lwh
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def global_box_corners(
 def _gt_boxes(info: Mapping[str, Any]) -> list[GlobalBox]:
     out = []
     for ann in info.get("ann_infos", []):
-        name = DETECTION_NAME_OF_CATEGORY.get(ann["category_name"])
+        name = CATEGORY_TO_CLASS.get(ann["category_name"])
         if name is None:
             continue
         corners = global_box_corners(ann["translation"], ann["size"], ann["rotation"])
@@ -215,8 +215,6 @@ def render_sample(
     tile_w: int = TILE_WIDTH,
 ):  # noqa: ANN201 (PIL.Image.Image)
     """Draw one sample -> PIL RGB image (layout of :func:`panel_layout`)."""
-    from PIL import Image, ImageDraw
-
     dataroot = Path(dataroot)
     first = info["cam_infos"][CAMERAS[0]]
     layout = panel_layout(int(first["width"]), int(first["height"]), tile_w)
@@ -346,8 +344,6 @@ def visualize(
     names the dataset in the log; no devkit tables are read, so info files of the real data
     (possibly without LiDAR files, then the BEV shows boxes only) work as well.
     """
-    from tqdm import tqdm
-
     dataroot = Path(dataroot)
     if not dataroot.is_dir():
         raise DataError(f"dataroot {dataroot} does not exist: check --dataroot")

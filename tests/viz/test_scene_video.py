@@ -12,8 +12,8 @@ from PIL import Image
 
 from labeldistill.data.infos import info_path, load_infos
 from labeldistill.errors import UserError
-from labeldistill.evaluation.scene_video import scene_infos, scene_tokens, visualize_scene
-from labeldistill.evaluation.visualize import panel_layout
+from labeldistill.viz.scene_video import scene_infos, scene_tokens, visualize_scene
+from labeldistill.viz.visualize import panel_layout
 
 VERSION = "v1.0-mini"
 SPLIT = "mini_val"
@@ -82,7 +82,7 @@ def test_scene_gif_frames_size_and_motion(synthetic_root: Path, tmp_path: Path) 
 
 
 def test_scene_gif_with_predictions_and_bad_scene(synthetic_root: Path, tmp_path: Path) -> None:
-    from labeldistill.evaluation.nuscenes_eval import gt_as_results, write_results
+    from labeldistill.evaluation.results import gt_as_results, write_results
 
     name, infos = _scene(synthetic_root)
     results = gt_as_results(synthetic_root, VERSION, SPLIT)

@@ -1,5 +1,5 @@
 """An animated GIF of one scene: per key sample the six cameras and the BEV with ground truth
-and predictions (the picture of :func:`labeldistill.evaluation.visualize.render_sample`), one
+and predictions (the picture of :func:`labeldistill.viz.visualize.render_sample`), one
 frame per key sample in time order, like the authors' demo video.
 """
 
@@ -12,11 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import ImageDraw
+from tqdm import tqdm
+
 from labeldistill.data.infos import info_path, load_infos
-from labeldistill.data.io import atomic_write_bytes
 from labeldistill.errors import DataError, UserError
-from labeldistill.evaluation.nuscenes_eval import load_results
-from labeldistill.evaluation.visualize import HEADER_HEIGHT, render_sample
+from labeldistill.evaluation.results import load_results
+from labeldistill.io import atomic_write_bytes
+from labeldistill.viz.visualize import HEADER_HEIGHT, render_sample
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +56,6 @@ def render_scene_frames(
     title: str = "",
 ) -> list[Any]:
     """One PIL RGB picture per info (same size), with ``title`` and ``k/n`` in the header."""
-    from PIL import ImageDraw
-    from tqdm import tqdm
-
     predictions = predictions or {}
     frames = []
     n = len(infos)

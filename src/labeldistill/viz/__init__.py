@@ -1,0 +1,1 @@
+"""viz layer: drawing (imports evaluation and data, never the other way)."""
