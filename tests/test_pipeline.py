@@ -21,13 +21,13 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch):
     """Replace train / evaluate: record the configs, write a last.ckpt, return metrics whose
     mAP encodes the call order."""
     from labeldistill.training import run
-    from labeldistill.training.checkpoints import last_checkpoint
+    from labeldistill.training.run_dir import RunDir
 
     calls: list = []
 
     def fake_train(cfg, resume=None, overwrite=False):
         calls.append(("train", cfg) if resume is None else ("resume", cfg, Path(resume)))
-        ckpt = last_checkpoint(cfg)
+        ckpt = RunDir.of(cfg).last_checkpoint
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"global_step": cfg.trainer.max_steps, "state_dict": {}}, ckpt)
         return run.TrainResult(ckpt.parent.parent, ckpt, None)
@@ -174,8 +174,8 @@ def test_a_run_short_of_its_steps_is_continued_not_restarted(fake_runs, tmp_path
 
 
 def test_checkpoint_step_needs_a_training_checkpoint(tmp_path: Path) -> None:
+    from labeldistill.checkpoint.weights import checkpoint_step
     from labeldistill.errors import CheckpointError
-    from labeldistill.training.checkpoints import checkpoint_step
 
     good = tmp_path / "good.ckpt"
     torch.save({"global_step": 7, "state_dict": {}}, good)

@@ -428,8 +428,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--allow-missing", action="store_true", help="write even if the file lacks keys")
 
     def run(args: argparse.Namespace) -> int:
+        from labeldistill.checkpoint.convert import convert_from_original, convert_to_original
         from labeldistill.config import load_config
-        from labeldistill.training.convert import convert_from_original, convert_to_original
 
         cfg = load_config(args.config, args.overrides)
         _out_file(args.out)

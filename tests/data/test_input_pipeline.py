@@ -132,7 +132,7 @@ def test_dataloader_pinning_pins_every_batch_tensor(monkeypatch: pytest.MonkeyPa
 
 
 def test_transfer_is_non_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
-    from labeldistill.training.modules import StudentModule
+    from labeldistill.training.stage_module import StageModule
 
     calls: list[dict] = []
     original = Batch.to
@@ -143,6 +143,6 @@ def test_transfer_is_non_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(Batch, "to", spy)
     cfg = load_config("bevdepth_tiny", ["student.image_backbone.pretrained=false"])
-    module = StudentModule(cfg)
+    module = StageModule(cfg)
     module.transfer_batch_to_device(_tiny_batch(), torch.device("cpu"), 0)
     assert calls and calls[0]["non_blocking"] is True

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from labeldistill.checkpoint.weights import save_safetensors
 from labeldistill.config import DataConfig, ExperimentConfig
 from labeldistill.data import augment
 from labeldistill.data.dataset import normalize_image
@@ -177,8 +178,6 @@ def pretrain_backbone(
     """Train stage 0 for ``exp``'s image backbone on ``exp.data`` (train split; IoU on the val
     split) and write ``out_dir/backbone.safetensors`` and ``metrics.json``."""
     from tqdm import tqdm
-
-    from labeldistill.training.checkpoints import save_safetensors
 
     cfg.validate()
     out = Path(out_dir)

@@ -415,8 +415,9 @@ def export_from_config(
 def load_student(cfg: ExperimentConfig, ckpt: str | Path | None) -> BEVDepthStudent:
     """The config's camera student with weights from ``ckpt`` (a student-stage or LabelDistill
     checkpoint; ``None``: random weights, for tests and benchmarks)."""
+    from labeldistill.checkpoint.weights import load_into, read_weights, strip_prefix
+
     from labeldistill.models import build
-    from labeldistill.training.checkpoints import load_into, read_weights, strip_prefix
 
     student = build.build_student(cfg)
     if ckpt is not None:

@@ -305,11 +305,13 @@ def _run_stage(cfg: ExperimentConfig, fresh: bool) -> tuple[Path, Path, dict[str
     """Train (unless a finished run exists) and evaluate ``cfg`` -> (checkpoint, evaluation
     directory, metrics). A run whose ``last.ckpt`` stopped short of ``trainer.max_steps`` (cut
     off, or a budget made longer since) is continued from it (exact resume), not restarted."""
-    from labeldistill.training.checkpoints import checkpoint_step, last_checkpoint, run_dir
+    from labeldistill.checkpoint.weights import checkpoint_step
     from labeldistill.training.run import evaluate, train
+    from labeldistill.training.run_dir import RunDir
 
-    ckpt = last_checkpoint(cfg)
-    eval_dir = run_dir(cfg) / "eval" / "last"
+    run = RunDir.of(cfg)
+    ckpt = run.last_checkpoint
+    eval_dir = run.eval_dir("last")
     metrics_file = eval_dir / "metrics.json"
     if fresh or not ckpt.is_file():
         log.info("pipeline: training %s (%s)", cfg.name, cfg.stage)
