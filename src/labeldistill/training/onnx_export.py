@@ -416,7 +416,6 @@ def load_student(cfg: ExperimentConfig, ckpt: str | Path | None) -> BEVDepthStud
     """The config's camera student with weights from ``ckpt`` (a student-stage or LabelDistill
     checkpoint; ``None``: random weights, for tests and benchmarks)."""
     from labeldistill.checkpoint.weights import load_into, read_weights, strip_prefix
-
     from labeldistill.models import build
 
     student = build.build_student(cfg)
