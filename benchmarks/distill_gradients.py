@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from labeldistill.checkpoint.weights import load_weights
 from labeldistill.models.distill import heatmap_weights, weighted_feature_loss
+from labeldistill.recipes.budgets import BENCH_DATA, BUDGETS
+from labeldistill.recipes.pipeline import stage_config
 from labeldistill.training.backbone_pretrain import BACKBONE_FILE
 from labeldistill.training.datamodule import StageDataModule
-from labeldistill.training.pipeline import BENCH_DATA, BUDGETS, stage_config
 from labeldistill.training.stage_module import StageModule
 
 #: Wrong frames of a [..., Y, X] map: the check's controls.

@@ -1,11 +1,11 @@
 """Builders: one plain constructor call per model, from the experiment config.
 
-Numbers that follow from several config sections (the number of key frames F from
-``data.key_idxes``, the network input size from ``data.image_size``, the BEV trunk input
-channels F * C) are derived here or in the constructors they are handed to, never stored
-twice in a config. ``build_label_encoder`` / ``build_label_teacher`` / ``build_labeldistill``
-build the LabelDistill stages. :data:`STAGE_BUILDERS` maps ``cfg.stage`` to the builder of its
-stage model; :func:`build_stage_model` is the one door to it.
+Numbers that follow from several config sections (the number of key frames F =
+``cfg.num_frames`` from ``data.key_idxes``, the network input size from ``data.image_size``,
+the BEV trunk input channels F * C) are derived here or in the constructors they are handed
+to, never stored twice in a config. ``build_label_encoder`` / ``build_label_teacher`` /
+``build_labeldistill`` build the LabelDistill stages. :data:`STAGE_BUILDERS` maps
+``cfg.stage`` to the builder of its stage model; :func:`build_stage_model` is the one door.
 
 Every stage model has ``forward_batch(batch)``, ``loss(output, batch) -> dict[str, Tensor]``
 (weighted with the config's ``distill`` weights) and ``detect(batch) -> list[Detections]``.
@@ -26,26 +26,23 @@ from labeldistill.models.lidar_teacher import LidarTeacher
 from labeldistill.models.student import BEVDepthStudent
 
 
-def num_frames(cfg: ExperimentConfig) -> int:
-    """F = the current key frame plus one per entry of ``data.key_idxes``."""
-    return 1 + len(cfg.data.key_idxes)
-
-
 def bev_trunk_in_channels(cfg: ExperimentConfig) -> int:
     """Channels of the student's BEV input: F * C (450 for 2key, 750 for 4key)."""
-    return num_frames(cfg) * cfg.student.view_transform.context_channels
+    return cfg.num_frames * cfg.student.view_transform.context_channels
 
 
-def build_student(cfg: ExperimentConfig) -> BEVDepthStudent:
-    """The BEVDepth camera student (random init; ImageNet weights are loaded by training)."""
+def build_student(cfg: ExperimentConfig, *, exportable: bool = False) -> BEVDepthStudent:
+    """The BEVDepth camera student (random init; ImageNet weights are loaded by training);
+    ``exportable``: with the standard-ONNX ops (the ONNX export)."""
     return BEVDepthStudent(
         cfg.student,
         cfg.grid,
-        num_frames=num_frames(cfg),
+        num_frames=cfg.num_frames,
         image_size=tuple(cfg.data.image_size),
         img_mean=cfg.data.img_mean,
         img_std=cfg.data.img_std,
         weights=cfg.distill,
+        exportable=exportable,
     )
 
 

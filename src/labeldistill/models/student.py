@@ -55,7 +55,8 @@ class BEVDepthStudent(nn.Module):
 
     As a stage model (the paper's baseline): :meth:`forward_batch`, :meth:`loss` with the
     weights ``weights.det_weight`` / ``weights.depth_weight`` (config section ``distill``) and
-    :meth:`detect`.
+    :meth:`detect`. ``exportable=True`` builds the same network with standard-ONNX ops
+    (:mod:`labeldistill.export.onnx` exports it; same state dict).
     """
 
     def __init__(
@@ -67,8 +68,10 @@ class BEVDepthStudent(nn.Module):
         img_mean: Sequence[float] = DataConfig.img_mean,
         img_std: Sequence[float] = DataConfig.img_std,
         weights: DistillConfig | None = None,
+        exportable: bool = False,
     ) -> None:
         super().__init__()
+        self.exportable = exportable
         self.weights = weights if weights is not None else DistillConfig()
         self.img_mean = tuple(float(v) for v in img_mean)
         self.img_std = tuple(float(v) for v in img_std)
@@ -77,7 +80,7 @@ class BEVDepthStudent(nn.Module):
         self.cfg = cfg
         self.grid = grid
         self.num_frames = num_frames
-        self.backbone = LSSBackbone(cfg, grid, image_size)
+        self.backbone = LSSBackbone(cfg, grid, image_size, exportable=exportable)
         self.head = StudentHead(num_frames * cfg.view_transform.context_channels, grid, cfg)
 
     def forward(
