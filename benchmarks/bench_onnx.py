@@ -27,7 +27,7 @@ from labeldistill.export.onnx import BRANCHES, OnnxStudent, example_inputs, expo
 from labeldistill.models import build
 
 
-def _median_ms(fn, repeats: int) -> float:  # noqa: ANN001
+def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -75,7 +75,7 @@ def main() -> None:
         size_mb = path.stat().st_size / 2**20
         runner = OnnxStudent(path, threads=args.threads)
 
-        def run_torch():  # noqa: ANN202
+        def run_torch():
             with torch.no_grad():
                 return student(*inputs)
 

@@ -16,7 +16,7 @@ from labeldistill.errors import UserError
 from labeldistill.models.image_backbone import ResNetBackbone
 
 
-def test_imagenet_weights_loaded_from_cache(tmp_path) -> None:  # noqa: ANN001
+def test_imagenet_weights_loaded_from_cache(tmp_path) -> None:
     path = imagenet_weights_path(18, tmp_path)
     assert path.parent == tmp_path / "checkpoints"
     assert path.name.startswith("resnet18-") and path.suffix == ".pth"
@@ -30,7 +30,7 @@ def test_imagenet_weights_loaded_from_cache(tmp_path) -> None:  # noqa: ANN001
     assert not backbone.conv1.weight.requires_grad  # loading keeps the stem frozen
 
 
-def test_missing_weights_raise_one_line_user_error(tmp_path) -> None:  # noqa: ANN001
+def test_missing_weights_raise_one_line_user_error(tmp_path) -> None:
     backbone = ResNetBackbone(ImageBackboneConfig(depth=50))
     with pytest.raises(UserError) as info:
         load_imagenet_backbone(backbone, 50, tmp_path)
@@ -41,7 +41,7 @@ def test_missing_weights_raise_one_line_user_error(tmp_path) -> None:  # noqa: A
     assert "--set student.image_backbone.pretrained=false" in msg
 
 
-def test_wrong_file_raises_user_error(tmp_path) -> None:  # noqa: ANN001
+def test_wrong_file_raises_user_error(tmp_path) -> None:
     path = imagenet_weights_path(50, tmp_path)
     path.parent.mkdir(parents=True)
     torch.save(resnet18().state_dict(), path)  # an R18 file under the R50 name
@@ -52,7 +52,7 @@ def test_wrong_file_raises_user_error(tmp_path) -> None:  # noqa: ANN001
         load_imagenet_backbone(ResNetBackbone(ImageBackboneConfig(depth=50)), 50, tmp_path)
 
 
-def test_init_student_backbone_respects_flag(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_init_student_backbone_respects_flag(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     cfg = ImageBackboneConfig(depth=18, pretrained=False)
     backbone = ResNetBackbone(cfg)

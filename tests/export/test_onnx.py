@@ -166,7 +166,7 @@ class _Geometry(torch.nn.Module):
         self.register_buffer("frustum", frustum)
         self.precision = precision
 
-    def forward(self, e, k, ida, bda):  # noqa: ANN001, ANN201
+    def forward(self, e, k, ida, bda):
         from labeldistill.models.view_transform import frustum_geometry
 
         return frustum_geometry(

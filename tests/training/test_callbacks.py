@@ -101,7 +101,7 @@ class Recorder(L.Callback):
     def __init__(self) -> None:
         self.states: list[dict[str, torch.Tensor]] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
 
 

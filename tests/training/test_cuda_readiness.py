@@ -72,7 +72,7 @@ class _Step(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, batch):  # noqa: ANN001, ANN201
+    def forward(self, batch):
         return self.module.compute_losses(batch).total
 
 

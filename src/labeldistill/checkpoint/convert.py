@@ -374,10 +374,10 @@ def state_shapes(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 __all__: Iterable[str] = (
-    "prefix_rules",
-    "read_original",
-    "from_original_state",
-    "to_original_state",
     "convert_from_original",
     "convert_to_original",
+    "from_original_state",
+    "prefix_rules",
+    "read_original",
+    "to_original_state",
 )

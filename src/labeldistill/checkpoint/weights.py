@@ -68,7 +68,7 @@ def safe_torch_load(path: str | Path) -> Any:
                 "the original code, or a .safetensors file"
             ) from None
         reason = _first_sentence(exc)
-    except Exception as exc:  # noqa: BLE001 - a file torch cannot read is a user error here
+    except Exception as exc:
         reason = _first_sentence(exc)
     raise CheckpointError(
         f"checkpoint {path} is unreadable, truncated or corrupt ({reason}): "
@@ -109,7 +109,7 @@ def read_weights(path: str | Path, prefer_ema: bool = True) -> LoadedWeights:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
             state = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CheckpointError(
                 f"checkpoint {path} is not a valid safetensors file ({exc})"
             ) from None

@@ -186,7 +186,7 @@ def load_points(path: str | Path, dims: int = POINT_DIMS) -> np.ndarray:
     return np.fromfile(path, dtype=np.float32).reshape(-1, dims)
 
 
-def load_image(path: str | Path):  # noqa: ANN201 (PIL.Image.Image)
+def load_image(path: str | Path):
     """Read an image as PIL RGB; fully decoded so that corrupt files fail here."""
     from PIL import Image, UnidentifiedImageError
 

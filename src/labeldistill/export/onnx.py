@@ -208,7 +208,7 @@ class OnnxStudent:
             self.session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CheckpointError(f"ONNX file {path} cannot be loaded ({str(exc)[:160]})") from None
         self.inputs = {i.name: tuple(i.shape) for i in self.session.get_inputs()}
         self.path = path

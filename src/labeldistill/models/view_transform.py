@@ -65,7 +65,7 @@ def frustum_geometry(
     ida: Tensor,
     bda: Tensor,
     precision: str = "fp32",
-    inverse=torch.inverse,  # noqa: ANN001 (the ONNX export passes a closed-form 4x4 inverse)
+    inverse=torch.inverse,
 ) -> Tensor:
     """Ego-frame position of every frustum point (METHOD.md 4.3).
 

@@ -446,7 +446,7 @@ def spconv_module() -> Any:
         _SPCONV_TRIED = True
         try:
             _SPCONV = _import_spconv()
-        except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        except Exception as exc:
             _SPCONV = None
             _SPCONV_REASON = f"{type(exc).__name__}: {exc}"
             logger.info("spconv not available: %s", _SPCONV_REASON)

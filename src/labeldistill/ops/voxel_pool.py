@@ -196,7 +196,7 @@ class _SparseDenseMM(torch.autograd.Function):
             return torch.sparse.mm(pattern.matrix(vals.to(dtype)), dense.to(dtype).contiguous())
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]  # noqa: ANN205
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         vals, dense = ctx.saved_tensors
         pattern: _Csr = ctx.pattern
         dtype = _compute_dtype(vals, dense, grad_out)
@@ -278,12 +278,12 @@ class _ScatterAddRows(torch.autograd.Function):
         return base.index_put((index[:, 0],), updates, accumulate=True)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]  # noqa: ANN205
+    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
         index = ctx.saved_tensors[0]
         return grad, None, grad.index_select(0, index[:, 0])
 
     @staticmethod
-    def symbolic(g: Any, base: Any, index: Any, updates: Any) -> Any:  # noqa: ANN401
+    def symbolic(g: Any, base: Any, index: Any, updates: Any) -> Any:
         full_index = g.op("Expand", index, g.op("Shape", updates))
         return g.op("ScatterElements", base, full_index, updates, axis_i=0, reduction_s="add")
 
@@ -320,7 +320,7 @@ def voxel_pool_scatter(geometry: Tensor, depth: Tensor, context: Tensor, grid: V
     return out.reshape(b, ny, nx, c).permute(0, 3, 1, 2).contiguous()
 
 
-def pool_fn(impl: str):  # noqa: ANN201
+def pool_fn(impl: str):
     """The pooling function named by a config value: ``"fast"``, ``"reference"`` or
     ``"scatter"`` (exportable)."""
     if impl == "fast":
@@ -336,9 +336,9 @@ def pool_fn(impl: str):  # noqa: ANN201
 
 __all__: Sequence[str] = (
     "VoxelGrid",
+    "pool_fn",
+    "pooling_pattern",
     "voxel_pool",
     "voxel_pool_reference",
     "voxel_pool_scatter",
-    "pool_fn",
-    "pooling_pattern",
 )
