@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights (METHOD.md 9.3), as a Lightning callback.
+"""Lightning callbacks: the exponential moving average of the weights (METHOD.md 9.3), the
+step limit, and the epoch checkpoints (:func:`checkpoint_callback`).
 
 The original's ``ModelEMA`` keeps a copy of the whole model and, after every training batch,
 updates every floating-point state entry (parameters *and* BatchNorm running statistics):
