@@ -1,7 +1,7 @@
 """Accuracy benchmark of LabelDistill on a synthetic nuScenes-format set (issue 10).
 
 Official nuScenes metrics (devkit) on the val split of a set the script generates itself
-(``training.pipeline.BENCH_DATA``: a v1.0-trainval tree of 32 official train / 8 official val
+(``recipes.budgets.BENCH_DATA``: a v1.0-trainval tree of 32 official train / 8 official val
 scene names, 12 key samples each, with the per-pixel class maps of stage 0) for: the LiDAR
 teacher, the label-encoder decode (upper bound), the baseline BEVDepth, the ablations
 (LiDAR-only, label-only, no partitioning) and LabelDistill. Per row: mean, sample std and every
@@ -10,7 +10,7 @@ every camera row; the LabelDistill - baseline difference paired by seed. Learnin
 mAP / NDS against training steps, baseline vs LabelDistill) go to ``<out>/learning_curves.png``
 and ``<out>/learning_curves.json``; the tables to ``<out>/accuracy.md``.
 
-Budget: ``training.pipeline.BUDGETS[--budget]`` (default ``bench``: stage 0, teachers, camera
+Budget: ``recipes.budgets.BUDGETS[--budget]`` (default ``bench``: stage 0, teachers, camera
 students of the same length, all CPU-sized). Stage 0 and the two teachers are trained once
 (``--teacher-seed``) and shared by every student seed, so the spread is the students' own.
 
@@ -41,13 +41,9 @@ from typing import Any
 import torch
 import yaml
 
-from labeldistill.training.pipeline import (
-    BUDGETS,
-    ROW_NAMES,
-    PipelineResult,
-    ensure_synthetic,
-    run_pipeline,
-)
+from labeldistill.recipes.budgets import BUDGETS
+from labeldistill.recipes.demo import ensure_synthetic
+from labeldistill.recipes.pipeline import ROW_NAMES, PipelineResult, run_pipeline
 
 ROWS = (
     "lidar_teacher",

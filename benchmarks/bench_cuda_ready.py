@@ -43,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_baseline(rev: str, rel_path: str, name: str):  # noqa: ANN201
+def load_baseline(rev: str, rel_path: str, name: str):
     """Import ``rel_path`` as it is at git revision ``rev`` under module name ``name``."""
     text = subprocess.run(
         ["git", "-C", str(REPO), "show", f"{rev}:{rel_path}"],
@@ -109,7 +109,7 @@ def case_sparse_conv(rev: str, repeats: int) -> dict:
     idx = clustered_sites(shape, 30000, seed=1)
     feats = torch.randn(len(idx), c)
 
-    def level(mod):  # noqa: ANN001, ANN202
+    def level(mod):
         torch.manual_seed(0)
         return mod.SparseSequential(
             mod.SparseBasicBlock(c, backend="torch"),
@@ -120,7 +120,7 @@ def case_sparse_conv(rev: str, repeats: int) -> dict:
     net_old, net_new = level(old), level(new)
     net_new.load_state_dict(net_old.state_dict())
 
-    def run(mod, net):  # noqa: ANN001, ANN202
+    def run(mod, net):
         def fn() -> None:
             x = feats.clone().requires_grad_(True)
             y = net(mod.SparseTensor(x, idx, shape, 1))
@@ -231,7 +231,7 @@ def case_pooling(rev: str, repeats: int) -> dict:
     logits = torch.randn(1, 6, 112, 16, 44, generator=gen)
     context = torch.randn(1, 6, 80, 16, 44, generator=gen)
 
-    def run(fn, g):  # noqa: ANN001, ANN202
+    def run(fn, g):
         def inner() -> None:
             depth = logits.softmax(2).requires_grad_(True)
             ctx = context.clone().requires_grad_(True)

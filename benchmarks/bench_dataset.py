@@ -46,7 +46,7 @@ def _ensure_dataset(root: Path) -> None:
     print(f"generated and prepared {root} in {time.perf_counter() - t0:.0f} s")
 
 
-def _throughput(ds, workers: int, n: int, repeats: int) -> float:  # noqa: ANN001
+def _throughput(ds, workers: int, n: int, repeats: int) -> float:
     from labeldistill.data.dataset import collate
 
     subset = torch.utils.data.Subset(ds, list(range(min(n, len(ds)))))
@@ -68,7 +68,7 @@ def _throughput(ds, workers: int, n: int, repeats: int) -> float:  # noqa: ANN00
     return statistics.median(rates)
 
 
-def _decode_only(ds, n: int, repeats: int) -> float:  # noqa: ANN001
+def _decode_only(ds, n: int, repeats: int) -> float:
     from labeldistill.data.dataset import select_frames
     from labeldistill.data.readers import load_image
     from labeldistill.structures import CAMERAS

@@ -4,7 +4,7 @@
         [--threads 2] [--dataroot DIR --version v1.0-mini --split mini_val] [--set K=V ...]
 
 Builds the config's student (random init, ImageNet download off), exports it with
-``labeldistill.training.onnx_export.export_onnx`` for batch 1, then times, median of
+``labeldistill.export.onnx.export_onnx`` for batch 1, then times, median of
 ``--repeats`` runs after one warm-up each: the PyTorch student forward (``torch.no_grad``, eval)
 and the onnxruntime session (CPU provider), both with ``--threads`` intra-op threads. Also
 prints the largest absolute difference of the raw head outputs (the agreement check of the
@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from labeldistill.config import load_config
+from labeldistill.export.onnx import BRANCHES, OnnxStudent, example_inputs, export_onnx
 from labeldistill.models import build
-from labeldistill.training.onnx_export import BRANCHES, OnnxStudent, example_inputs, export_onnx
 
 
-def _median_ms(fn, repeats: int) -> float:  # noqa: ANN001
+def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -75,7 +75,7 @@ def main() -> None:
         size_mb = path.stat().st_size / 2**20
         runner = OnnxStudent(path, threads=args.threads)
 
-        def run_torch():  # noqa: ANN202
+        def run_torch():
             with torch.no_grad():
                 return student(*inputs)
 

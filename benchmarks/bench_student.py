@@ -48,7 +48,7 @@ def _inputs(frames: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
     }
 
 
-def _build(name: str):  # noqa: ANN202
+def _build(name: str):
     from labeldistill.config import load_config
     from labeldistill.models.student import BEVDepthStudent
 

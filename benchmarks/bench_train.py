@@ -27,8 +27,8 @@ import torch
 from labeldistill.config import load_config
 from labeldistill.training import run
 from labeldistill.training.datamodule import StageDataModule
-from labeldistill.training.modules import stage_module_class
 from labeldistill.training.optim import build_optimizer
+from labeldistill.training.stage_module import StageModule
 
 
 class StepTimer(L.Callback):
@@ -40,20 +40,20 @@ class StepTimer(L.Callback):
         self._t = 0.0
         self._c = 0.0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t = time.perf_counter()
         self._c = time.process_time()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.times.append(time.perf_counter() - self._t)
         self.cpu.append(time.process_time() - self._c)
 
 
-def loop_steps_per_s(cfg, steps: int, warmup: int) -> dict[str, float]:  # noqa: ANN001
+def loop_steps_per_s(cfg, steps: int, warmup: int) -> dict[str, float]:
     """Median time between batch start and end inside Lightning (wall and process CPU; the
     CPU figure is robust to other load on a shared machine) and wall-clock steps/s of the whole
     fit including loading and start-up."""
-    module = stage_module_class(cfg)(cfg, global_batch=cfg.data.batch_size)
+    module = StageModule(cfg, global_batch=cfg.data.batch_size)
     dm = StageDataModule(cfg, needs_lidar=module.needs_lidar, needs_depth=module.needs_depth)
     timer = StepTimer()
     trainer = L.Trainer(
@@ -80,9 +80,9 @@ def loop_steps_per_s(cfg, steps: int, warmup: int) -> dict[str, float]:  # noqa:
     }
 
 
-def bare_steps_per_s(cfg, steps: int, warmup: int) -> float:  # noqa: ANN001
+def bare_steps_per_s(cfg, steps: int, warmup: int) -> float:
     """Model step alone on one cached batch: forward, loss, backward, clip, AdamW."""
-    module = stage_module_class(cfg)(cfg, global_batch=cfg.data.batch_size)
+    module = StageModule(cfg, global_batch=cfg.data.batch_size)
     dm = StageDataModule(cfg, needs_lidar=module.needs_lidar, needs_depth=module.needs_depth)
     batch = next(iter(dm._loader(dm.train_dataset, train=True)))
     opt = build_optimizer(module.model, cfg.optim, cfg.data.batch_size)

@@ -35,12 +35,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from labeldistill.checkpoint.weights import load_weights
 from labeldistill.models.distill import heatmap_weights, weighted_feature_loss
+from labeldistill.recipes.budgets import BENCH_DATA, BUDGETS
+from labeldistill.recipes.pipeline import stage_config
 from labeldistill.training.backbone_pretrain import BACKBONE_FILE
-from labeldistill.training.checkpoints import load_weights
 from labeldistill.training.datamodule import StageDataModule
-from labeldistill.training.distill_modules import LabelDistillModule
-from labeldistill.training.pipeline import BENCH_DATA, BUDGETS, stage_config
+from labeldistill.training.stage_module import StageModule
 
 #: Wrong frames of a [..., Y, X] map: the check's controls.
 FRAMES = {
@@ -83,7 +84,7 @@ def _energy_rows(energy: Tensor, gt: Tensor) -> dict[str, float]:
     return {name: contrast(energy, f(support)) for name, f in FRAMES.items()}
 
 
-def parts(module: LabelDistillModule) -> dict[str, list[nn.Parameter]]:
+def parts(module: StageModule) -> dict[str, list[nn.Parameter]]:
     """Trainable student parameters by part."""
     student = module.model.student
     bb = student.backbone
@@ -114,7 +115,7 @@ def part_norms(g: list[Tensor], groups: dict[str, list[nn.Parameter]]) -> dict[s
     return row
 
 
-def measure(module: LabelDistillModule, batch: Any) -> dict[str, Any]:
+def measure(module: StageModule, batch: Any) -> dict[str, Any]:
     model = module.model
     head = model.student.head
     targets = head.get_targets(batch.gt_boxes, batch.gt_labels)
@@ -138,15 +139,7 @@ def measure(module: LabelDistillModule, batch: Any) -> dict[str, Any]:
     )
     # the feature terms level by level (a second forward: the level-0 slices of S0 reach the
     # image-side network, the level-1 slices of S1 only the BEV trunk's first layer and below)
-    out = model.forward_train(
-        batch.imgs,
-        batch.ego_from_camera,
-        batch.intrinsics,
-        batch.ida,
-        batch.bda,
-        lidar_points=batch.lidar_points,
-        label_maps=_maps(module, batch) if model.label_encoder is not None else None,
-    )
+    out = model.forward_batch(batch)
     d = module.cfg.distill
     pairs = []
     if out.lidar is not None and out.lidar_adapted is not None:
@@ -164,12 +157,6 @@ def measure(module: LabelDistillModule, batch: Any) -> dict[str, Any]:
             row["value"] = float(value.detach())
             norms[f"{name} level {level}"] = row
     return {"terms": norms, "cos_det_feat": cosine, "frames": frame_check(out, targets)}
-
-
-def _maps(module: LabelDistillModule, batch: Any) -> Any:
-    from labeldistill.training.distill_modules import label_maps
-
-    return label_maps(module.cfg, batch, module.model.student.head.cfg.max_objs)
 
 
 def mean_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -237,7 +224,7 @@ def main() -> int:
         *args.set,
     ]
     cfg = stage_config(budget, args.config, data, out / "_diag", args.seed, ckpts, extra)
-    module = LabelDistillModule(cfg)
+    module = StageModule(cfg)
     module.init_weights_for_training()
     tag = "init"
     if args.ckpt:

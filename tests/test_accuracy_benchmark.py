@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labeldistill.training.pipeline import PipelineResult, StageResult
+from labeldistill.recipes.pipeline import PipelineResult, StageResult
 
 REPO = Path(__file__).resolve().parents[1]
 

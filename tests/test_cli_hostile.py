@@ -572,7 +572,7 @@ def prepared_elsewhere(synthetic_root: Path, tmp_path_factory: pytest.TempPathFa
                 str(infos),
                 "--depth-out",
                 str(depth),
-            ]  # fmt: skip
+            ]
         )
     finally:
         os.umask(old)

@@ -10,25 +10,11 @@ import pytest
 
 from labeldistill.config import ExperimentConfig, load_config, shipped_configs
 from labeldistill.errors import ConfigError
-from labeldistill.models.build import (
-    bev_trunk_in_channels,
-    build_label_teacher,
-    build_labeldistill,
-    build_lidar_teacher,
-    build_student,
-    num_frames,
-)
+from labeldistill.models.build import STAGE_BUILDERS, bev_trunk_in_channels, build_student
 
 CONFIG_DIR = Path(str(resources.files("labeldistill") / "configs"))
 #: Every shipped experiment file (``_base*.yaml`` are fragments, not experiments).
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("_"))
-#: The model each stage trains (built at random init: weights are loaded by training only).
-STAGE_BUILDERS = {
-    "student": build_student,
-    "lidar_teacher": build_lidar_teacher,
-    "label_encoder": build_label_teacher,
-    "labeldistill": build_labeldistill,
-}
 
 EXPECTED = {
     "bevdepth_r50_256x704_128x128_e24_2key",
@@ -80,7 +66,7 @@ def test_overrides_and_types() -> None:
     assert cfg.trainer.devices == 8
     assert cfg.data.dataroot == "/x/y"
     assert cfg.optim.milestones == (3, 5)
-    assert num_frames(cfg) == 1
+    assert cfg.num_frames == 1
     with pytest.raises(ConfigError, match="trainer.devices"):
         load_config("bevdepth_tiny", ["trainer.devices=two"])
 
@@ -96,7 +82,7 @@ def test_name_and_path_give_the_same_config() -> None:
 def test_paper_baseline_values_and_build() -> None:
     cfg = load_config("bevdepth_r50_256x704_128x128_e24_2key")
     assert cfg.stage == "student"
-    assert cfg.data.key_idxes == (-2, -4) and num_frames(cfg) == 3
+    assert cfg.data.key_idxes == (-2, -4) and cfg.num_frames == 3
     assert cfg.data.image_size == (256, 704)
     assert cfg.grid.size_x == cfg.grid.size_y == 128 and cfg.grid.num_depth_bins == 112
     assert cfg.student.image_backbone.depth == 50 and cfg.student.image_backbone.pretrained

@@ -332,7 +332,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> Handler:
         cfg = load_config(args.config, args.overrides)
         _out_file(args.out)
         if args.onnx is not None:
-            from labeldistill.training.onnx_export import predict_onnx
+            from labeldistill.export.onnx import predict_onnx
 
             predict_onnx(cfg, args.onnx, split=args.split, out=args.out)
             return 0
@@ -363,7 +363,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     def run(args: argparse.Namespace) -> int:
-        from labeldistill.training.pipeline import format_table, run_pipeline
+        from labeldistill.recipes.pipeline import format_table, run_pipeline
 
         _out_dir(args.out)
         result = run_pipeline(
@@ -391,7 +391,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--fresh", action="store_true", help="retrain stages that already finished")
 
     def run(args: argparse.Namespace) -> int:
-        from labeldistill.training.pipeline import format_table, run_demo
+        from labeldistill.recipes.demo import run_demo
+        from labeldistill.recipes.pipeline import format_table
 
         _out_dir(args.out)
         result = run_demo(args.out, args.samples_per_scene, budget=args.budget, fresh=args.fresh)
@@ -425,8 +426,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> Handler:
     p.add_argument("--allow-missing", action="store_true", help="write even if the file lacks keys")
 
     def run(args: argparse.Namespace) -> int:
+        from labeldistill.checkpoint.convert import convert_from_original, convert_to_original
         from labeldistill.config import load_config
-        from labeldistill.training.convert import convert_from_original, convert_to_original
 
         cfg = load_config(args.config, args.overrides)
         _out_file(args.out)
@@ -464,7 +465,7 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         from labeldistill.config import load_config
-        from labeldistill.training.onnx_export import export_from_config
+        from labeldistill.export.onnx import export_from_config
 
         cfg = load_config(args.config, args.overrides)
         _out_file(args.out)

@@ -143,7 +143,7 @@ class DepthNetConfig:
 class ViewTransformConfig:
     context_channels: int = 150  # C per frame
     downsample: int = 16
-    pool_impl: Literal["fast", "reference"] = "fast"
+    pool_impl: Literal["fast", "reference", "scatter"] = "fast"
     # Frustum geometry (METHOD.md 14 quirk 28): "fp16_faithful" emulates the published model's
     # fp16 geometry under 16-mixed (far points whose u_orig * d overflows fp16 are dropped) on
     # every device and precision; "fp32" computes it in float32. Never the ambient autocast.

@@ -175,11 +175,3 @@ def atomic_pickle(path: str | Path, obj: Any) -> None:
     """Pickle ``obj`` (highest protocol) to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` atomically."""
-    import torch  # optional here: the synthetic generator imports this module without torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)

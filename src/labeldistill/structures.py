@@ -66,13 +66,13 @@ BOX_FIELDS: tuple[str, ...] = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
 
 def nusc_size_to_lwh(size_wlh: Any) -> list[float]:
     """nuScenes ``(w, l, h)`` -> our ``(l, w, h)``."""
-    w, l, h = (float(v) for v in size_wlh)  # noqa: E741
+    w, l, h = (float(v) for v in size_wlh)
     return [l, w, h]
 
 
 def lwh_to_nusc_size(lwh: Any) -> list[float]:
     """Our ``(l, w, h)`` -> nuScenes ``(w, l, h)``."""
-    l, w, h = (float(v) for v in lwh)  # noqa: E741
+    l, w, h = (float(v) for v in lwh)
     return [w, l, h]
 
 
@@ -106,14 +106,14 @@ class _Movable:
     and ``.pin_memory()`` pins them (what ``DataLoader(pin_memory=True)`` calls on a batch
     object; without it the option is a no-op for a dataclass)."""
 
-    def to(self, device: torch.device | str, non_blocking: bool = False):  # noqa: ANN201
+    def to(self, device: torch.device | str, non_blocking: bool = False):
         changes = {
             f.name: _to(getattr(self, f.name), device, non_blocking)
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
         }
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
-    def pin_memory(self):  # noqa: ANN201
+    def pin_memory(self):
         changes = {f.name: _pin(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 

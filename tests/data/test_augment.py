@@ -179,7 +179,7 @@ def test_apply_bda_points_xy_only() -> None:
     assert out.dtype == np.float32
 
 
-def test_fast_image_path_matches_resize_then_crop(fixture_root) -> None:  # noqa: ANN001
+def test_fast_image_path_matches_resize_then_crop(fixture_root) -> None:
     """The box-resampling path equals the original resize-then-crop within one grey level on
     < 0.1 % of the pixels, including crops that leave the resized image (zero fill)."""
     from labeldistill.data.readers import load_image

@@ -146,7 +146,7 @@ def test_not_a_pickle_and_missing(tmp_path: Path) -> None:
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, ("touch EVIL_RAN",))
 
 
@@ -166,7 +166,7 @@ def test_code_in_pickle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture(scope="module")
-def nusc(synthetic_root: Path):  # noqa: ANN201
+def nusc(synthetic_root: Path):
     from labeldistill.data.nuscenes_reader import open_nuscenes
 
     return open_nuscenes(synthetic_root, "v1.0-mini")

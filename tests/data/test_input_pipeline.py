@@ -15,7 +15,7 @@ from labeldistill.ops.image_norm import normalize_images
 from labeldistill.structures import Batch
 
 
-def _data_cfg(root: Path, **kw) -> DataConfig:  # noqa: ANN003
+def _data_cfg(root: Path, **kw) -> DataConfig:
     base = {
         "dataroot": str(root),
         "key_idxes": (-1,),
@@ -118,7 +118,7 @@ def test_dataloader_pinning_pins_every_batch_tensor(monkeypatch: pytest.MonkeyPa
 
     pinned: list[tuple[int, ...]] = []
 
-    def fake_pin(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def fake_pin(self, *args, **kwargs):
         pinned.append(tuple(self.shape))
         return self.clone()
 
@@ -132,17 +132,17 @@ def test_dataloader_pinning_pins_every_batch_tensor(monkeypatch: pytest.MonkeyPa
 
 
 def test_transfer_is_non_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
-    from labeldistill.training.modules import StudentModule
+    from labeldistill.training.stage_module import StageModule
 
     calls: list[dict] = []
     original = Batch.to
 
-    def spy(self, device, non_blocking=False):  # noqa: ANN001, ANN202
+    def spy(self, device, non_blocking=False):
         calls.append({"device": device, "non_blocking": non_blocking})
         return original(self, device, non_blocking)
 
     monkeypatch.setattr(Batch, "to", spy)
     cfg = load_config("bevdepth_tiny", ["student.image_backbone.pretrained=false"])
-    module = StudentModule(cfg)
+    module = StageModule(cfg)
     module.transfer_batch_to_device(_tiny_batch(), torch.device("cpu"), 0)
     assert calls and calls[0]["non_blocking"] is True

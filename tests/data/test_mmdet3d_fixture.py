@@ -214,7 +214,7 @@ def test_depth_gt_lands_inside_the_six_real_images(demo: Path, info: dict, raw: 
         np.testing.assert_allclose(got[j], ref[i], atol=0.05)
 
 
-def _numpy_voxels(pts: np.ndarray, voxel, lower, upper, max_points: int):  # noqa: ANN001, ANN202
+def _numpy_voxels(pts: np.ndarray, voxel, lower, upper, max_points: int):
     """Voxels in first-appearance order (z, y, x), real points per voxel (<= max_points)."""
     lo = np.asarray(lower, dtype=np.float32)
     size = np.asarray(voxel, dtype=np.float32)

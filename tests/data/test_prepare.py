@@ -145,7 +145,7 @@ def test_interrupted_info_write_leaves_nothing(
 
     root = linked_copy(synthetic_root, tmp_path / "root")
 
-    def dump_then_die(obj, f, protocol=None):  # noqa: ANN001, ANN202
+    def dump_then_die(obj, f, protocol=None):
         f.write(b"\x80\x05partial")
         raise KeyboardInterrupt
 

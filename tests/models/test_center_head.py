@@ -305,7 +305,7 @@ def test_decode_target_valued_outputs_returns_the_boxes() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _random_gt(b: int, m: int, seed: int):  # noqa: ANN202
+def _random_gt(b: int, m: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     boxes, labels = [], []
     for i in range(b):
@@ -347,7 +347,7 @@ def test_vectorised_targets_one_host_sync() -> None:
             super().__init__()
             self.counts: dict[str, int] = {}
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
             self.counts[name] = self.counts.get(name, 0) + 1
             return func(*args, **(kwargs or {}))

@@ -96,7 +96,7 @@ def test_depth_loss_without_host_sync_ops() -> None:
             super().__init__()
             self.names: set[str] = set()
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.names.add(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 

@@ -157,7 +157,7 @@ def test_camera_vector_batch_norm_in_fp32_under_autocast(dtype: torch.dtype) -> 
     assert out.context.dtype == dtype  # the rest follows autocast
 
 
-def _quat_to_matrix(q) -> list[list[float]]:  # noqa: ANN001
+def _quat_to_matrix(q) -> list[list[float]]:
     w, x, y, z = (float(v) for v in q)
     return [
         [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
@@ -215,11 +215,11 @@ def test_depth_net_camera_branch_on_the_fixture_rig_against_a_reference(fixture_
     v = (v_ref - bn.running_mean.to(d)) / torch.sqrt(bn.running_var.to(d) + bn.eps)
     v = v * bn.weight.to(d) + bn.bias.to(d)
 
-    def mlp(m, z):  # noqa: ANN001, ANN202
+    def mlp(m, z):
         h = torch.relu(z @ m.fc1.weight.to(d).T + m.fc1.bias.to(d))
         return h @ m.fc2.weight.to(d).T + m.fc2.bias.to(d)
 
-    def gate(se, z):  # noqa: ANN001, ANN202
+    def gate(se, z):
         w1, b1 = se.conv_reduce.weight.to(d)[:, :, 0, 0], se.conv_reduce.bias.to(d)
         w2, b2 = se.conv_expand.weight.to(d)[:, :, 0, 0], se.conv_expand.bias.to(d)
         return torch.sigmoid(torch.relu(z @ w1.T + b1) @ w2.T + b2)  # [6, mid]

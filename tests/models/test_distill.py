@@ -40,7 +40,7 @@ def test_weighted_feature_loss_hand_case() -> None:
 
 
 @pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
-def test_weighted_feature_loss_in_fp32_for_half_features(amp_dtype) -> None:  # noqa: ANN001
+def test_weighted_feature_loss_in_fp32_for_half_features(amp_dtype) -> None:
     """Issue 13 item 5: half-precision features (autocast outputs) of a few hundred: the channel
     sum of squares is taken in fp32 (in fp16 it overflows to inf; in bf16 it rounds), so the
     loss equals the fp32 loss of the same features and its gradient is finite."""

@@ -12,7 +12,7 @@ GRID = GridConfig()  # 128 x 128 cells of 0.8 m from -51.2 m
 CAR, PED, CONE = CLASSES.index("car"), CLASSES.index("pedestrian"), CLASSES.index("traffic_cone")
 
 
-def _box(x, y, l, w, yaw=0.0, z=0.5, h=1.5, vx=0.0, vy=0.0):  # noqa: E741
+def _box(x, y, l, w, yaw=0.0, z=0.5, h=1.5, vx=0.0, vy=0.0):
     return [x, y, z, l, w, h, yaw, vx, vy]
 
 
@@ -166,10 +166,10 @@ def test_label_encoder_against_a_written_out_forward() -> None:
 
     d = torch.float64
 
-    def lin(m, x):  # noqa: ANN001, ANN202
+    def lin(m, x):
         return x @ m.weight.to(d).T + m.bias.to(d)
 
-    def mlp(m, x):  # noqa: ANN001, ANN202
+    def mlp(m, x):
         return lin(m.fc2, torch.relu(lin(m.fc1, x)))
 
     Y, X = 8, 12

@@ -254,7 +254,7 @@ def test_second_and_neck_against_a_written_out_forward() -> None:
         levels = teacher.pts_backbone(x)
         neck = teacher.pts_neck(levels)
 
-    def bn(y, m):  # noqa: ANN001, ANN202
+    def bn(y, m):
         return F.batch_norm(y, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
 
     ref_levels = []

@@ -39,7 +39,7 @@ def test_depth_bins_and_frustum() -> None:
     assert f[0, 15, 43, 0] == 703 and f[0, 15, 43, 1] == 255
 
 
-def _camera(b: int = 1, n: int = 1):  # noqa: ANN202
+def _camera(b: int = 1, n: int = 1):
     """Forward-looking camera at ego (1, 2, 1.5): cam z -> ego x, cam x -> -y, cam y -> -z."""
     e = torch.eye(4)
     e[:3, :3] = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -93,7 +93,7 @@ TINY_GRID = GridConfig(
 )
 
 
-def _inputs(b: int, f: int, n: int, size=(32, 96)):  # noqa: ANN001, ANN202
+def _inputs(b: int, f: int, n: int, size=(32, 96)):
     gen = torch.Generator().manual_seed(0)
     imgs = torch.randn(b, f, n, 3, *size, generator=gen)
     e = torch.eye(4).repeat(b, f, n, 1, 1)
@@ -165,7 +165,7 @@ def test_published_buffers() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _fixture_rig(fixture_root) -> tuple[torch.Tensor, ...]:  # noqa: ANN001
+def _fixture_rig(fixture_root) -> tuple[torch.Tensor, ...]:
     """Matrices of the real one-sample rig at the test-time ida (resize 0.44, crop (0, 140))."""
     import pickle
 
@@ -196,7 +196,7 @@ def test_faithful_geometry_drops_the_fp16_overflow_on_the_fixture_rig(fixture_ro
     # Independent reference in numpy: the fp16 matmul sees ida^-1 and u rounded to fp16 and
     # rounds u_orig = inv[0, 0] u + inv[0, 3] to fp16; the product with d overflows fp16
     # (-> inf) from 65520 on.
-    def r16(x):  # noqa: ANN001, ANN202
+    def r16(x):
         return np.asarray(x, dtype=np.float64).astype(np.float16).astype(np.float64)
 
     u = frustum[..., 0].double().numpy()
@@ -293,7 +293,7 @@ def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(preci
     imgs, e, k, ida, bda = _inputs(1, 1, 2)
     seen = []
 
-    def pool(geom, depth, context, grid):  # noqa: ANN001, ANN202
+    def pool(geom, depth, context, grid):
         seen.append((geom, depth.dtype))
         b, n, c = context.shape[:3]
         return context.new_zeros(b, c, grid.size[1], grid.size[0])
@@ -307,7 +307,7 @@ def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(preci
     assert geom.dtype == torch.float32 and torch.equal(geom, ref)
 
 
-def test_faithful_emulation_equals_a_real_fp16_computation(fixture_root) -> None:  # noqa: ANN001
+def test_faithful_emulation_equals_a_real_fp16_computation(fixture_root) -> None:
     # The published geometry under 16-mixed: inverses in fp32, every matmul and product in fp16.
     # Run here with real half tensors on CPU: the emulation gives the same values bit for bit,
     # and the overflowed points are NaN in all three coordinates (0 * inf in the later matmuls).

@@ -212,7 +212,7 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         super().__init__()
         self.counts: dict[str, int] = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         self.counts[name] = self.counts.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
@@ -296,31 +296,31 @@ def test_spconv_version_rules(spconv_version, torch_version, ok):
 class _FakeTensor:
     """Stand-in of spconv.pytorch.SparseConvTensor (features, indices, indice_dict)."""
 
-    def __init__(self, features, indices, spatial_shape, batch_size):  # noqa: ANN001
+    def __init__(self, features, indices, spatial_shape, batch_size):
         self.features, self.indices = features, indices
         self.spatial_shape, self.batch_size = list(spatial_shape), batch_size
         self.indice_dict: dict = {}
 
-    def replace_feature(self, features):  # noqa: ANN001, ANN201
+    def replace_feature(self, features):
         new = _FakeTensor(features, self.indices, self.spatial_shape, self.batch_size)
         new.indice_dict = self.indice_dict
         return new
 
 
-def _fake_spconv(pair_builds: list, weight_layout: str = "spconv2"):  # noqa: ANN202
+def _fake_spconv(pair_builds: list, weight_layout: str = "spconv2"):
     import types
 
     class _Conv(torch.nn.Module):
         subm = True
 
-        def __init__(self, cin, cout, k, stride=1, padding=0, bias=False, indice_key=None):  # noqa: ANN001
+        def __init__(self, cin, cout, k, stride=1, padding=0, bias=False, indice_key=None):
             super().__init__()
             k = (k, k, k) if isinstance(k, int) else tuple(k)
             shape = (cout, *k, cin) if weight_layout == "spconv2" else (*k, cin, cout)
             self.weight = torch.nn.Parameter(torch.zeros(shape))
             self.indice_key, self.cout = indice_key, cout
 
-        def forward(self, st):  # noqa: ANN001, ANN201
+        def forward(self, st):
             key = self.indice_key
             if key is None or key not in st.indice_dict:
                 pair_builds.append(key)

@@ -13,7 +13,13 @@ import torch
 from labeldistill import geometry
 from labeldistill.config import GridConfig
 from labeldistill.models.view_transform import frustum_geometry, make_frustum
-from labeldistill.ops.voxel_pool import VoxelGrid, pool_fn, voxel_pool, voxel_pool_reference
+from labeldistill.ops.voxel_pool import (
+    VoxelGrid,
+    pool_fn,
+    voxel_pool,
+    voxel_pool_reference,
+    voxel_pool_scatter,
+)
 
 IMPLS = [voxel_pool_reference, voxel_pool]
 PAPER_GRID = VoxelGrid.from_config(GridConfig())
@@ -29,7 +35,7 @@ def test_grid_from_config() -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_hand_worked_cells(impl) -> None:  # noqa: ANN001
+def test_hand_worked_cells(impl) -> None:
     """Four points on a 4 x 3 x 1 grid of 1 m cells from (0, 0, 0); one camera, one pixel."""
     grid = VoxelGrid(lower=(0.0, 0.0, 0.0), cell=(1.0, 1.0, 1.0), size=(4, 3, 1))
     pts = torch.tensor(
@@ -52,7 +58,7 @@ def test_hand_worked_cells(impl) -> None:  # noqa: ANN001
     torch.testing.assert_close(out, expected)
 
 
-def _random_case(b: int, n: int, d: int, h: int, w: int, c: int, seed: int):  # noqa: ANN202
+def _random_case(b: int, n: int, d: int, h: int, w: int, c: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     # About half the points fall outside the 12 x 10 x 2 grid (x, y in [-3, 15), z in [-1, 3)).
     xy = torch.rand(b, n, d, h, w, 2, generator=gen) * 18.0 - 3.0
@@ -107,7 +113,7 @@ def test_fast_matches_reference_at_paper_grid() -> None:
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-def _camera_case(ego_from_camera: np.ndarray, k3: np.ndarray, ida: np.ndarray, image_size, ijk):  # noqa: ANN001, ANN202
+def _camera_case(ego_from_camera: np.ndarray, k3: np.ndarray, ida: np.ndarray, image_size, ijk):
     """Pool a one-hot frustum point (bin k, feature row i, column j) of one camera and return
     (BEV [C, Y, X], the 3D ego point it represents computed independently in float64)."""
     grid_cfg = GridConfig()
@@ -168,7 +174,7 @@ def test_hand_made_camera_point_lands_in_its_cell() -> None:
     _check_single_cell(bev, (64, 90))
 
 
-def test_real_camera_point_lands_in_its_cell(fixture_root) -> None:  # noqa: ANN001
+def test_real_camera_point_lands_in_its_cell(fixture_root) -> None:
     """CAM_FRONT_LEFT of the real fixture with the test-time resize/crop of 1600x900 -> 704x256."""
     with open(fixture_root / "infos.pkl", "rb") as f:
         infos = pickle.load(f)
@@ -193,7 +199,7 @@ def test_real_camera_point_lands_in_its_cell(fixture_root) -> None:  # noqa: ANN
 
 
 @pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
-def test_fast_matches_reference_under_autocast(amp_dtype) -> None:  # noqa: ANN001
+def test_fast_matches_reference_under_autocast(amp_dtype) -> None:
     """Issue 13 item 1: under (CPU-stand-in) autocast the sparse products still run in fp32
     (before: NotImplementedError on CPU, an fp16 SpMM on CUDA): forward and gradients equal the
     fp32 reference, the output stays fp32."""
@@ -217,7 +223,7 @@ def test_fast_matches_reference_under_autocast(amp_dtype) -> None:  # noqa: ANN0
 
 
 @pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
-def test_fast_half_inputs_accumulate_in_fp32(amp_dtype) -> None:  # noqa: ANN001
+def test_fast_half_inputs_accumulate_in_fp32(amp_dtype) -> None:
     """Half-precision depth and context (what an autocast DepthNet emits): the fast path sums
     in fp32 and returns the half dtype; equals the fp32 reference of the same (rounded) inputs
     rounded once, and its gradients come back in the input dtypes."""
@@ -245,7 +251,7 @@ def test_fast_pooling_has_one_data_dependent_op() -> None:
             super().__init__()
             self.counts: dict[str, int] = {}
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
             self.counts[name] = self.counts.get(name, 0) + 1
             return func(*args, **(kwargs or {}))
@@ -258,3 +264,32 @@ def test_fast_pooling_has_one_data_dependent_op() -> None:
     syncing = {"nonzero", "bincount", "_local_scalar_dense", "masked_select", "item"}
     assert not (set(ops.counts) & syncing), set(ops.counts) & syncing
     assert sum(v for k, v in ops.counts.items() if k.startswith("_unique")) == 1, ops.counts
+
+
+def test_scatter_pooling_equals_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    grid = VoxelGrid(lower=(-4.0, -4.0, -1.0), cell=(1.0, 1.0, 2.0), size=(8, 8, 1))
+    geom = torch.rand(2, 3, 5, 4, 6, 3, generator=g) * 12 - 6  # many points outside the grid
+    depth = torch.rand(2, 3, 5, 4, 6, generator=g)
+    ctx = torch.randn(2, 3, 7, 4, 6, generator=g)
+    ref = voxel_pool_reference(geom, depth, ctx, grid)
+    ours = voxel_pool_scatter(geom, depth, ctx, grid)
+    assert ours.shape == (2, 7, 8, 8)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert ref.abs().sum() > 0
+
+
+def test_scatter_pooling_gradients_equal_reference() -> None:
+    g = torch.Generator().manual_seed(3)
+    grid = VoxelGrid(lower=(-4.0, -4.0, -1.0), cell=(1.0, 1.0, 2.0), size=(8, 8, 1))
+    geom = torch.rand(1, 2, 5, 4, 6, 3, generator=g) * 12 - 6
+    grads = []
+    for fn in (voxel_pool_reference, voxel_pool_scatter):
+        depth = torch.rand(1, 2, 5, 4, 6, generator=torch.Generator().manual_seed(4))
+        ctx = torch.randn(1, 2, 7, 4, 6, generator=torch.Generator().manual_seed(5))
+        depth.requires_grad_(True)
+        ctx.requires_grad_(True)
+        (fn(geom, depth, ctx, grid) ** 2).sum().backward()
+        grads.append((depth.grad, ctx.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from labeldistill.checkpoint.pretrained import init_student_backbone, load_backbone_file
 from labeldistill.config import ImageBackboneConfig, load_config, shipped_configs
 from labeldistill.errors import DataError, UserError
 from labeldistill.models.image_backbone import ResNetBackbone
@@ -24,7 +25,6 @@ from labeldistill.training.backbone_pretrain import (
     SegmentationImages,
     pretrain_backbone,
 )
-from labeldistill.training.pretrained import init_student_backbone, load_backbone_file
 
 pytestmark = pytest.mark.xdist_group("backbone_pretrain")
 
@@ -153,7 +153,7 @@ def _camera_configs() -> list[str]:
 def test_backbone_file_loads_into_every_camera_config(tmp_path: Path) -> None:
     """An R18 stage-0 file loads into every R18 camera config through the config key; the
     R50 / R101 configs refuse it in one line naming the file."""
-    from labeldistill.training.checkpoints import save_safetensors
+    from labeldistill.checkpoint.weights import save_safetensors
 
     torch.manual_seed(1)
     src = ResNetBackbone(ImageBackboneConfig(depth=18, pretrained=False))
@@ -179,8 +179,8 @@ def test_backbone_file_loads_into_every_camera_config(tmp_path: Path) -> None:
 
 
 def test_student_module_initialises_from_the_file(tmp_path: Path) -> None:
-    from labeldistill.training.checkpoints import save_safetensors
-    from labeldistill.training.modules import stage_module_class
+    from labeldistill.checkpoint.weights import save_safetensors
+    from labeldistill.training.stage_module import StageModule
 
     torch.manual_seed(2)
     src = ResNetBackbone(ImageBackboneConfig(depth=18, pretrained=False))
@@ -193,7 +193,7 @@ def test_student_module_initialises_from_the_file(tmp_path: Path) -> None:
             f"student.image_backbone.pretrained_path={path}",
         ],
     )
-    module = stage_module_class(cfg)(cfg)
+    module = StageModule(cfg)
     module.init_weights_for_training()
     got = module.model.backbone.img_backbone.state_dict()
     assert all(torch.equal(got[k], v) for k, v in src.state_dict().items())
@@ -205,4 +205,4 @@ def test_student_module_initialises_from_the_file(tmp_path: Path) -> None:
         ],
     )
     with pytest.raises(UserError, match="/nope.pth"):
-        stage_module_class(missing)(missing).init_weights_for_training()
+        StageModule(missing).init_weights_for_training()

@@ -101,7 +101,7 @@ class Recorder(L.Callback):
     def __init__(self) -> None:
         self.states: list[dict[str, torch.Tensor]] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
 
 
@@ -163,7 +163,8 @@ def test_keep_epochs_prunes_old_epoch_files(tmp_path: Path, keep: int) -> None:
     """4 epochs: keep=2 leaves epoch files 2 and 3 (checkpoints and EMA) plus last.ckpt;
     keep=-1 leaves all four of each."""
     from labeldistill.config import load_config
-    from labeldistill.training.checkpoints import checkpoint_callback, checkpoint_dir, ema_dir
+    from labeldistill.training.callbacks import checkpoint_callback
+    from labeldistill.training.run_dir import RunDir
 
     cfg = load_config(
         "bevdepth_tiny", [f"trainer.output_dir={tmp_path}", f"trainer.keep_epochs={keep}"]
@@ -172,25 +173,28 @@ def test_keep_epochs_prunes_old_epoch_files(tmp_path: Path, keep: int) -> None:
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=4,
-        callbacks=[EMACallback(0.9, ema_dir(cfg), keep_epochs=keep), checkpoint_callback(cfg)],
+        callbacks=[
+            EMACallback(0.9, RunDir.of(cfg).ema, keep_epochs=keep),
+            checkpoint_callback(cfg),
+        ],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(ToyModule(), DataLoader(data, batch_size=4))
     epochs = [0, 1, 2, 3] if keep == -1 else [2, 3]
-    ckpts = sorted(p.name for p in checkpoint_dir(cfg).glob("*.ckpt"))
+    ckpts = sorted(p.name for p in RunDir.of(cfg).checkpoints.glob("*.ckpt"))
     assert ckpts == sorted([f"epoch_{n}.ckpt" for n in epochs] + ["last.ckpt"])
-    emas = sorted(p.name for p in ema_dir(cfg).glob("*.safetensors"))
+    emas = sorted(p.name for p in RunDir.of(cfg).ema.glob("*.safetensors"))
     assert emas == [f"epoch_{n}.safetensors" for n in epochs]
-    last = torch.load(checkpoint_dir(cfg) / "last.ckpt", weights_only=True)
+    last = torch.load(RunDir.of(cfg).checkpoints / "last.ckpt", weights_only=True)
     assert last["epoch"] == 3 and last["global_step"] == 8
 
 
 def test_keep_epochs_zero_is_refused(tmp_path: Path) -> None:
     from labeldistill.config import load_config
     from labeldistill.errors import ConfigError
-    from labeldistill.training.checkpoints import checkpoint_callback
+    from labeldistill.training.callbacks import checkpoint_callback
 
     with pytest.raises(ConfigError, match="trainer.keep_epochs"):  # range-checked at load
         load_config("bevdepth_tiny", ["trainer.keep_epochs=0"])

@@ -12,7 +12,7 @@ from torch import nn
 from labeldistill.config import load_config
 from labeldistill.training import run
 from labeldistill.training.datamodule import StageDataModule
-from labeldistill.training.modules import stage_module_class
+from labeldistill.training.stage_module import StageModule
 
 FAST = ["data.num_workers=0", "data.image_size=[64, 192]", "data.key_idxes=[]"]
 
@@ -72,7 +72,7 @@ class _Step(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, batch):  # noqa: ANN001, ANN201
+    def forward(self, batch):
         return self.module.compute_losses(batch).total
 
 
@@ -97,7 +97,7 @@ def test_ddp_step_without_unused_parameter_search(
             *FAST,
         ],
     )
-    module = stage_module_class(cfg)(cfg)
+    module = StageModule(cfg)
     dm = StageDataModule(cfg, needs_lidar=module.needs_lidar, needs_depth=module.needs_depth)
     batch = next(iter(dm.train_dataloader()))
     dist.init_process_group(

@@ -55,7 +55,7 @@ def test_r101_student_forward_cpu() -> None:
 
 
 def test_labeldistill_r101_builds() -> None:
-    from labeldistill.training.convert import build_stage_model
+    from labeldistill.models.build import build_stage_model
 
     cfg = load_config("labeldistill_r101_512x1408", [NO_DOWNLOAD])
     with torch.device("meta"):  # shapes only: no memory, no initialisation

@@ -20,11 +20,11 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     counts: dict[str, list[str]] = {"images": [], "scans": []}
     load_image, load_points = dataset_mod.load_image, lidar_mod.load_points
 
-    def count_image(path):  # noqa: ANN001, ANN202
+    def count_image(path):
         counts["images"].append(str(path))
         return load_image(path)
 
-    def count_points(path):  # noqa: ANN001, ANN202
+    def count_points(path):
         counts["scans"].append(str(path))
         return load_points(path)
 
@@ -38,7 +38,7 @@ def _reset(counts: dict[str, list[str]]) -> None:
     counts["scans"].clear()
 
 
-def test_labeldistill_eval_opens_no_lidar_scan(synthetic_root: Path, opened) -> None:  # noqa: ANN001
+def test_labeldistill_eval_opens_no_lidar_scan(synthetic_root: Path, opened) -> None:
     cfg = load_config("labeldistill_tiny", [f"data.dataroot={synthetic_root}"])
     assert cfg.data.return_lidar and cfg.data.lidar_sweeps == 2
     dm = _datamodule(cfg, _module(cfg))
@@ -54,7 +54,7 @@ def test_labeldistill_eval_opens_no_lidar_scan(synthetic_root: Path, opened) -> 
     assert item.imgs.shape[-2:] == tuple(cfg.data.image_size)
 
 
-def test_lidar_teacher_and_label_encoder_decode_no_image(synthetic_root: Path, opened) -> None:  # noqa: ANN001
+def test_lidar_teacher_and_label_encoder_decode_no_image(synthetic_root: Path, opened) -> None:
     teacher = load_config("centerpoint_tiny", [f"data.dataroot={synthetic_root}"])
     dm = _datamodule(teacher, _module(teacher))
     for ds in (dm.train_dataset, dm.eval_dataset):

@@ -133,7 +133,7 @@ def ida_matrix(params: IdaParams) -> np.ndarray:
     return m
 
 
-def apply_ida_image(img, params: IdaParams, fast: bool = True):  # noqa: ANN001, ANN201
+def apply_ida_image(img, params: IdaParams, fast: bool = True):
     """Resize (Pillow default filter), crop (zero fill outside), flip, rotate (nearest, about
     the centre, counter-clockwise, no expand). PIL image in, PIL image of size (W, H) out.
 

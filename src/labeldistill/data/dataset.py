@@ -153,7 +153,7 @@ def convert_gt(info: dict[str, Any], pose: EgoPose) -> GroundTruth:
     )
 
 
-def image_uint8(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:  # noqa: ANN001
+def image_uint8(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:
     """PIL RGB image -> uint8 tensor [3, H, W], channel order BGR when ``cfg.bgr_quirk``
     (METHOD.md 3.3, quirk 16), else RGB; not normalised (see :func:`normalize_image`).
 
@@ -168,7 +168,7 @@ def image_uint8(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:  # n
     return out.copy_(chw)
 
 
-def normalize_image(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:  # noqa: ANN001
+def normalize_image(img, cfg: DataConfig, out: Tensor | None = None) -> Tensor:
     """PIL RGB image -> float32 tensor [3, H, W]: (x - mean) / std with the RGB statistics,
     channel order BGR when ``cfg.bgr_quirk`` (METHOD.md 3.3, quirk 16), else RGB.
 

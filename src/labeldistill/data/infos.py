@@ -299,7 +299,7 @@ def read_info_file(path: str | Path) -> InfoFile:
         data = _InfoUnpickler(io.BytesIO(path.read_bytes()), path).load()
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 (any unpickling failure means "not an info file")
+    except Exception as exc:
         raise DataError(
             f"info file {path} is not a readable pickle ({type(exc).__name__}: {exc}): "
             f"{_regen(path)}"

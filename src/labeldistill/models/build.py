@@ -1,55 +1,54 @@
 """Builders: one plain constructor call per model, from the experiment config.
 
-Numbers that follow from several config sections (the number of key frames F from
-``data.key_idxes``, the network input size from ``data.image_size``, the BEV trunk input
-channels F * C) are derived here or in the constructors they are handed to, never stored
-twice in a config. ``build_label_encoder`` / ``build_label_teacher`` / ``build_labeldistill``
-build the LabelDistill stages.
+Numbers that follow from several config sections (the number of key frames F =
+``cfg.num_frames`` from ``data.key_idxes``, the network input size from ``data.image_size``,
+the BEV trunk input channels F * C) are derived here or in the constructors they are handed
+to, never stored twice in a config. ``build_label_encoder`` / ``build_label_teacher`` /
+``build_labeldistill`` build the LabelDistill stages. :data:`STAGE_BUILDERS` maps
+``cfg.stage`` to the builder of its stage model; :func:`build_stage_model` is the one door.
+
+Every stage model has ``forward_batch(batch)``, ``loss(output, batch) -> dict[str, Tensor]``
+(weighted with the config's ``distill`` weights) and ``detect(batch) -> list[Detections]``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+
+from torch import nn
 
 from labeldistill.config import ExperimentConfig
-
-if TYPE_CHECKING:
-    from labeldistill.models.label_encoder import LabelEncoder
-    from labeldistill.models.label_teacher import LabelTeacher
-    from labeldistill.models.labeldistill import LabelDistill
-    from labeldistill.models.lidar_teacher import LidarTeacher
-    from labeldistill.models.student import BEVDepthStudent
-
-
-def num_frames(cfg: ExperimentConfig) -> int:
-    """F = the current key frame plus one per entry of ``data.key_idxes``."""
-    return 1 + len(cfg.data.key_idxes)
+from labeldistill.errors import ConfigError
+from labeldistill.models.label_encoder import LabelEncoder
+from labeldistill.models.label_teacher import LabelTeacher
+from labeldistill.models.labeldistill import LabelDistill
+from labeldistill.models.lidar_teacher import LidarTeacher
+from labeldistill.models.student import BEVDepthStudent
 
 
 def bev_trunk_in_channels(cfg: ExperimentConfig) -> int:
     """Channels of the student's BEV input: F * C (450 for 2key, 750 for 4key)."""
-    return num_frames(cfg) * cfg.student.view_transform.context_channels
+    return cfg.num_frames * cfg.student.view_transform.context_channels
 
 
-def build_student(cfg: ExperimentConfig) -> BEVDepthStudent:
-    """The BEVDepth camera student (random init; ImageNet weights are loaded by training)."""
-    from labeldistill.models.student import BEVDepthStudent
-
+def build_student(cfg: ExperimentConfig, *, exportable: bool = False) -> BEVDepthStudent:
+    """The BEVDepth camera student (random init; ImageNet weights are loaded by training);
+    ``exportable``: with the standard-ONNX ops (the ONNX export)."""
     return BEVDepthStudent(
         cfg.student,
         cfg.grid,
-        num_frames=num_frames(cfg),
+        num_frames=cfg.num_frames,
         image_size=tuple(cfg.data.image_size),
         img_mean=cfg.data.img_mean,
         img_std=cfg.data.img_std,
+        weights=cfg.distill,
+        exportable=exportable,
     )
 
 
 def build_lidar_teacher(cfg: ExperimentConfig) -> LidarTeacher:
     """The CenterPoint LiDAR teacher on the experiment's BEV grid."""
-    from labeldistill.models.lidar_teacher import LidarTeacher
-
-    return LidarTeacher(cfg.lidar_teacher, cfg.grid)
+    return LidarTeacher(cfg.lidar_teacher, cfg.grid, weights=cfg.distill)
 
 
 # -- LabelDistill stages (label encoder, distilled student) -----------------------------------
@@ -59,8 +58,6 @@ def teacher_channels(cfg: ExperimentConfig) -> tuple[int, int]:
     """Channels of the two teacher feature levels (the LiDAR SECOND outputs, which the label
     encoder must reproduce): ``lidar_teacher.second_out_channels``. A label encoder with other
     output channels is a config error."""
-    from labeldistill.errors import ConfigError
-
     lidar = tuple(cfg.lidar_teacher.second_out_channels)
     label = tuple(cfg.label_encoder.out_channels)
     if len(lidar) != 2 or lidar != label:
@@ -84,8 +81,6 @@ def student_distill_channels(cfg: ExperimentConfig) -> tuple[int, int]:
 
 def build_label_encoder(cfg: ExperimentConfig) -> LabelEncoder:
     """The label encoder (METHOD.md 6.2) on the experiment's BEV grid."""
-    from labeldistill.models.label_encoder import LabelEncoder
-
     teacher_channels(cfg)
     return LabelEncoder(cfg.label_encoder, cfg.grid)
 
@@ -93,20 +88,14 @@ def build_label_encoder(cfg: ExperimentConfig) -> LabelEncoder:
 def build_label_teacher(cfg: ExperimentConfig) -> LabelTeacher:
     """Stage 2 (METHOD.md 6.3): a label encoder decoded by a (frozen, randomly initialised until
     the stage-1 weights are loaded) LiDAR teacher."""
-    from labeldistill.models.label_teacher import LabelTeacher
-
-    return LabelTeacher(build_label_encoder(cfg), build_lidar_teacher(cfg))
+    return LabelTeacher(build_label_encoder(cfg), build_lidar_teacher(cfg), weights=cfg.distill)
 
 
 def build_labeldistill(cfg: ExperimentConfig) -> LabelDistill:
     """Stage 3 (METHOD.md 7-9): the student with adaptors and the teachers that
     ``cfg.distill`` switches on (frozen; their trained weights are loaded by training)."""
-    from labeldistill.models.labeldistill import LabelDistill
-
     d = cfg.distill
     if not (d.use_lidar_teacher or d.use_label_teacher):
-        from labeldistill.errors import ConfigError
-
         raise ConfigError(
             "distill.use_lidar_teacher and distill.use_label_teacher are both false: "
             "train the student stage (stage: student) instead"
@@ -119,3 +108,24 @@ def build_labeldistill(cfg: ExperimentConfig) -> LabelDistill:
         label_encoder=build_label_encoder(cfg) if d.use_label_teacher else None,
         teacher_channels=teacher_channels(cfg),
     )
+
+
+#: ``cfg.stage`` -> the builder of its stage model (the network a training run holds).
+STAGE_BUILDERS: dict[str, Callable[[ExperimentConfig], nn.Module]] = {
+    "student": build_student,
+    "lidar_teacher": build_lidar_teacher,
+    "label_encoder": build_label_teacher,
+    "labeldistill": build_labeldistill,
+}
+
+
+def build_stage_model(cfg: ExperimentConfig) -> nn.Module:
+    """The stage model of ``cfg.stage`` (:data:`STAGE_BUILDERS`); ConfigError for an unknown
+    stage."""
+    try:
+        builder = STAGE_BUILDERS[cfg.stage]
+    except KeyError:
+        raise ConfigError(
+            f"stage '{cfg.stage}' has no model builder (available: {', '.join(STAGE_BUILDERS)})"
+        ) from None
+    return builder(cfg)

@@ -12,6 +12,14 @@ import torch
 from torch import Tensor, nn
 
 
+def freeze(module: nn.Module) -> nn.Module:
+    """``requires_grad_(False)`` and eval mode; the owner keeps it in eval across ``.train()``
+    (a teacher: docs/deviations.md, quirk 6). Returns ``module``."""
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block (mmdet naming): conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU.
 

@@ -17,6 +17,7 @@ from torchvision.ops import deform_conv2d
 
 from labeldistill.config import DepthNetConfig
 from labeldistill.models.common import BasicBlock
+from labeldistill.ops.deform_conv import deform_conv2d_plain
 
 #: Length of the camera-parameter vector.
 CAMERA_VECTOR_DIM = 27
@@ -140,11 +141,17 @@ class DeformConv2dPack(nn.Module):
 
     ``weight`` [C_out, C_in / groups, 3, 3]; ``conv_offset`` 3x3 C_in -> 18 (with bias; offsets
     (dy, dx) per tap, one deformable group, torchvision's layout). x [B', C_in, h, w] ->
-    [B', C_out, h, w]. With zero offsets it equals a grouped 3x3 convolution.
+    [B', C_out, h, w]. With zero offsets it equals a grouped 3x3 convolution. ``exportable``:
+    computed by :func:`~labeldistill.ops.deform_conv.deform_conv2d_plain` (standard ONNX ops)
+    instead of torchvision's kernel; same weights, same result to float precision.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, groups: int, *, exportable: bool = False
+    ) -> None:
         super().__init__()
+        self.groups = groups
+        self.exportable = exportable
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"DCN channels {in_channels}/{out_channels} not divisible by groups {groups}"
@@ -157,6 +164,10 @@ class DeformConv2dPack(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         offset = self.conv_offset(x)
+        if self.exportable:
+            return deform_conv2d_plain(
+                x, offset.to(x.dtype), self.weight.to(x.dtype), 1, self.groups
+            )
         return deform_conv2d(x, offset.to(x.dtype), self.weight.to(x.dtype), padding=(1, 1))
 
 
@@ -174,11 +185,18 @@ class DepthNet(nn.Module):
 
     forward(x [B*N, C_in, h, w], cam [B, N, 27]) -> :class:`DepthNetOutput` with D depth logits
     and C context channels. ``cfg.use_aspp`` / ``cfg.use_dcn`` = False replace those stages by
-    identities (tiny configs); the indices of ``depth_conv`` stay as published.
+    identities (tiny configs); the indices of ``depth_conv`` stay as published. ``exportable``
+    selects the plain deformable convolution (ONNX export).
     """
 
     def __init__(
-        self, cfg: DepthNetConfig, in_channels: int, context_channels: int, depth_channels: int
+        self,
+        cfg: DepthNetConfig,
+        in_channels: int,
+        context_channels: int,
+        depth_channels: int,
+        *,
+        exportable: bool = False,
     ) -> None:
         super().__init__()
         mid = cfg.mid_channels
@@ -200,7 +218,9 @@ class DepthNet(nn.Module):
             BasicBlock(mid, mid),
             BasicBlock(mid, mid),
             ASPP(mid, mid) if cfg.use_aspp else nn.Identity(),
-            DeformConv2dPack(mid, mid, cfg.dcn_groups) if cfg.use_dcn else nn.Identity(),
+            DeformConv2dPack(mid, mid, cfg.dcn_groups, exportable=exportable)
+            if cfg.use_dcn
+            else nn.Identity(),
             nn.Conv2d(mid, depth_channels, 1),
         )
 

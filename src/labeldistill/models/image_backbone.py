@@ -3,7 +3,7 @@
 The backbone's attributes are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``;
 no ``fc``), so ``backbone.img_backbone.*`` keys of the published checkpoints (METHOD.md 12.1) and
 torchvision's ImageNet state dicts load one to one. Weights are random here (models do no file
-I/O); ``labeldistill.training.pretrained`` loads the ImageNet weights.
+I/O); ``labeldistill.checkpoint.pretrained`` loads the ImageNet weights.
 """
 
 from __future__ import annotations

@@ -183,6 +183,8 @@ class LabelEncoder(nn.Module):
 
     def __init__(self, cfg: LabelEncoderConfig, grid: GridConfig) -> None:
         super().__init__()
+        self.cfg = cfg
+        self.grid = grid
         hidden = cfg.hidden_channels
         Y, X = grid.size_y, grid.size_x
         self.mlp_box = _MLP(9, hidden, hidden)
@@ -202,6 +204,13 @@ class LabelEncoder(nn.Module):
             )
         self.conv_blocks = nn.ModuleList(blocks)
         self.out_channels = tuple(cfg.out_channels)
+
+    def label_maps(
+        self, gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], max_objs: int
+    ) -> LabelMaps:
+        """The inputs of this encoder from (bda-augmented) GT: :func:`rasterize_labels` on its
+        grid with its ``rasterize`` mode; box [B, Y, X, 9], label [B, Y, X, 10], mask [B, Y, X]."""
+        return rasterize_labels(gt_boxes, gt_labels, self.grid, self.cfg.rasterize, max_objs)
 
     def forward(self, box: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
         B, Y, X, _ = box.shape

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from labeldistill.config import DistillConfig
+from labeldistill.models.common import freeze
 from labeldistill.models.distill import (
     DistillAdaptor,
     feature_distill_loss,
@@ -22,21 +23,30 @@ from labeldistill.models.distill import (
     response_distill_loss,
 )
 from labeldistill.models.label_encoder import LabelEncoder
-from labeldistill.structures import DistillOutput, LabelMaps, StudentOutput, Targets
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """No gradients, eval mode."""
-    module.requires_grad_(False)
-    module.eval()
-    return module
+from labeldistill.models.lidar_teacher import LidarTeacher
+from labeldistill.models.student import BEVDepthStudent
+from labeldistill.structures import (
+    Batch,
+    Detections,
+    DistillOutput,
+    LabelMaps,
+    StudentOutput,
+    Targets,
+)
 
 
 class LabelDistill(nn.Module):
-    """Student + adaptors + frozen teachers.
+    """Student + adaptors + frozen teachers; owns the whole stage-3 loss (METHOD.md 8):
+
+    L = det_weight * (L_heatmap + L_bbox) + depth_weight * L_depth
+        + lidar_feat_weight * L_feat^lidar + label_feat_weight * L_feat^label
+        + response_weight * L_resp
+
+    with the weights of ``cfg`` (:meth:`loss`). :meth:`forward_batch` runs the student and the
+    teachers on a batch, :meth:`detect` the student alone.
 
     student:          a BEVDepthStudent (``forward(imgs, ego_from_camera, intrinsics, ida, bda)
-                      -> StudentOutput``, ``head.code_weights``/``head.cfg`` for the losses).
+                      -> StudentOutput``, ``head.cfg`` for the losses).
     student_channels: channels of the two student distillation levels (S0, S1).
     lidar_teacher:    a LidarTeacher (``forward(points) -> TeacherOutput``) or None.
     label_encoder:    a LabelEncoder or None.
@@ -45,11 +55,11 @@ class LabelDistill(nn.Module):
 
     def __init__(
         self,
-        student: nn.Module,
+        student: BEVDepthStudent,
         cfg: DistillConfig,
         *,
         student_channels: Sequence[int],
-        lidar_teacher: nn.Module | None = None,
+        lidar_teacher: LidarTeacher | None = None,
         label_encoder: LabelEncoder | None = None,
         teacher_channels: Sequence[int] = (128, 256),
     ) -> None:
@@ -125,6 +135,48 @@ class LabelDistill(nn.Module):
                 (s0[:, label_sl[0]], s1[:, label_sl[1]])
             )
         return result
+
+    def forward_batch(self, batch: Batch) -> DistillOutput:
+        """:meth:`forward_train` on a batch: its cameras, its points when the LiDAR teacher is
+        on, the label maps of its GT (``max_objs`` of the student head) with the label one."""
+        maps = None
+        if self.label_encoder is not None:
+            max_objs = self.student.head.cfg.max_objs
+            maps = self.label_encoder.label_maps(batch.gt_boxes, batch.gt_labels, max_objs)
+        if self.lidar_teacher is not None and batch.lidar_points is None:
+            raise RuntimeError("the LiDAR teacher needs points: data.return_lidar must be true")
+        return self.forward_train(
+            batch.imgs,
+            batch.ego_from_camera,
+            batch.intrinsics,
+            batch.ida,
+            batch.bda,
+            lidar_points=batch.lidar_points if self.lidar_teacher is not None else None,
+            label_maps=maps,
+        )
+
+    def loss(self, out: DistillOutput, batch: Batch) -> dict[str, Tensor]:
+        """Every weighted term of the stage-3 loss (class docstring): ``det_heatmap``,
+        ``det_bbox``, ``depth``, then ``lidar_feat``, ``response`` (LiDAR teacher on) and
+        ``label_feat`` (label teacher on). Their sum is the training loss."""
+        if batch.depth is None:
+            raise RuntimeError("the labeldistill stage needs depth maps: data.return_depth")
+        d = self.cfg
+        head = self.student.head
+        targets = head.get_targets(batch.gt_boxes, batch.gt_labels)
+        det = head.loss(out.student.head, targets)
+        terms = {f"det_{k}": d.det_weight * v for k, v in det.items()}
+        terms["depth"] = d.depth_weight * self.student.loss_depth(out.student, batch.depth)
+        terms.update(
+            self.distill_losses(
+                out, targets, head.cfg.code_weights, bbox_weight=head.cfg.loss_bbox_weight
+            )
+        )
+        return terms
+
+    def detect(self, batch: Batch) -> list[Detections]:
+        """Inference: the student alone (the baseline's path)."""
+        return self.student.detect(batch)
 
     def distill_losses(
         self,

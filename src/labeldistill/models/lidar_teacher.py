@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from labeldistill.config import GridConfig, LidarTeacherConfig
+from labeldistill.config import DistillConfig, GridConfig, LidarTeacherConfig
 from labeldistill.errors import ConfigError
 from labeldistill.models.center_head import CenterHead
 from labeldistill.models.common import SECONDFPN
 from labeldistill.models.second import SECOND
 from labeldistill.models.sparse_encoder import SparseEncoder
 from labeldistill.ops.voxelize import BatchVoxels, mean_voxel_features, voxelize_batch
-from labeldistill.structures import HeadOutput, TeacherOutput
+from labeldistill.structures import Batch, Detections, HeadOutput, TeacherOutput
 
 
 def _check_grid(cfg: LidarTeacherConfig, grid: GridConfig, bev_shape: tuple[int, int]) -> None:
@@ -57,11 +57,17 @@ class LidarTeacher(nn.Module):
     level 1 [B, 256, Y/2, X/2]), head=HeadOutput on the Y x X grid). Rows outside
     ``point_range`` (e.g. the -999 padding) are ignored. The voxel cap is
     ``max_voxels_train`` in training mode, ``max_voxels_eval`` otherwise.
+
+    As the stage-1 model: :meth:`forward_batch` (the batch's points), :meth:`loss`
+    (``weights.det_weight`` times the CenterPoint terms) and :meth:`detect`.
     """
 
-    def __init__(self, cfg: LidarTeacherConfig, grid: GridConfig) -> None:
+    def __init__(
+        self, cfg: LidarTeacherConfig, grid: GridConfig, weights: DistillConfig | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.weights = weights if weights is not None else DistillConfig()
         self.grid = grid
         self.pts_middle_encoder = SparseEncoder(cfg)
         _check_grid(cfg, grid, self.pts_middle_encoder.bev_shape)
@@ -127,3 +133,22 @@ class LidarTeacher(nn.Module):
         """points [B, P, C] -> :class:`TeacherOutput`."""
         feats = self.extract_feats(points)
         return TeacherOutput(feats=feats, head=self.decode_features(feats))
+
+    def forward_batch(self, batch: Batch) -> TeacherOutput:
+        """:meth:`forward` on the batch's points [B, P, C]."""
+        if batch.lidar_points is None:
+            raise RuntimeError(
+                "the lidar_teacher stage needs points: data.return_lidar must be true"
+            )
+        return self(batch.lidar_points)
+
+    def loss(self, out: TeacherOutput, batch: Batch) -> dict[str, Tensor]:
+        """L = det_weight * (L_heatmap + L_bbox) (METHOD.md 5.1, 8.1): ``det_heatmap``,
+        ``det_bbox``."""
+        head = self.pts_bbox_head
+        det = head.loss(out.head, head.get_targets(batch.gt_boxes, batch.gt_labels))
+        return {f"det_{k}": self.weights.det_weight * v for k, v in det.items()}
+
+    def detect(self, batch: Batch) -> list[Detections]:
+        """Per-sample detections from the batch's points."""
+        return self.pts_bbox_head.decode(self.forward_batch(batch).head)

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from labeldistill.config import DataConfig, GridConfig, StudentConfig
+from labeldistill.config import DataConfig, DistillConfig, GridConfig, StudentConfig
 from labeldistill.models.bev_encoder import BevEncoder
 from labeldistill.models.center_head import CenterHead
 from labeldistill.models.depth_loss import depth_loss
 from labeldistill.models.view_transform import LSSBackbone
 from labeldistill.ops.image_norm import normalize_images
-from labeldistill.structures import Detections, StudentOutput
+from labeldistill.structures import Batch, Detections, StudentOutput
 
 
 class StudentHead(CenterHead):
@@ -52,6 +52,11 @@ class BEVDepthStudent(nn.Module):
     ([B, F*C, Y, X], [B, C1, Y/2, X/2])). ``imgs`` are normalised float, or uint8 in the
     network's channel order, then normalised on their device with ``img_mean`` / ``img_std``
     (the data config's statistics, bit-identical to the dataset's float32 normalisation).
+
+    As a stage model (the paper's baseline): :meth:`forward_batch`, :meth:`loss` with the
+    weights ``weights.det_weight`` / ``weights.depth_weight`` (config section ``distill``) and
+    :meth:`detect`. ``exportable=True`` builds the same network with standard-ONNX ops
+    (:mod:`labeldistill.export.onnx` exports it; same state dict).
     """
 
     def __init__(
@@ -62,8 +67,12 @@ class BEVDepthStudent(nn.Module):
         image_size: tuple[int, int],
         img_mean: Sequence[float] = DataConfig.img_mean,
         img_std: Sequence[float] = DataConfig.img_std,
+        weights: DistillConfig | None = None,
+        exportable: bool = False,
     ) -> None:
         super().__init__()
+        self.exportable = exportable
+        self.weights = weights if weights is not None else DistillConfig()
         self.img_mean = tuple(float(v) for v in img_mean)
         self.img_std = tuple(float(v) for v in img_std)
         if num_frames < 1:
@@ -71,7 +80,7 @@ class BEVDepthStudent(nn.Module):
         self.cfg = cfg
         self.grid = grid
         self.num_frames = num_frames
-        self.backbone = LSSBackbone(cfg, grid, image_size)
+        self.backbone = LSSBackbone(cfg, grid, image_size, exportable=exportable)
         self.head = StudentHead(num_frames * cfg.view_transform.context_channels, grid, cfg)
 
     def forward(
@@ -88,6 +97,25 @@ class BEVDepthStudent(nn.Module):
         neck, feats = self.head.encode(lss.bev)
         return StudentOutput(head=self.head(neck), depth=lss.depth, distill_feats=feats)
 
+    def forward_batch(self, batch: Batch) -> StudentOutput:
+        """:meth:`forward` on a batch's cameras (shapes as there)."""
+        return self(batch.imgs, batch.ego_from_camera, batch.intrinsics, batch.ida, batch.bda)
+
+    def loss(self, out: StudentOutput, batch: Batch) -> dict[str, Tensor]:
+        """Weighted terms of L = det_weight * (L_heatmap + L_bbox) + depth_weight * L_depth
+        (METHOD.md 8.1, 8.2): ``det_heatmap``, ``det_bbox``, ``depth`` (scalars)."""
+        w = self.weights
+        det = self.loss_detection(out, batch.gt_boxes, batch.gt_labels)
+        terms = {f"det_{k}": w.det_weight * v for k, v in det.items()}
+        if batch.depth is None:
+            raise RuntimeError("the student stage needs depth maps: data.return_depth must be true")
+        terms["depth"] = w.depth_weight * self.loss_depth(out, batch.depth)
+        return terms
+
+    def detect(self, batch: Batch) -> list[Detections]:
+        """Per-sample detections of a batch (METHOD.md 4.7)."""
+        return self.decode(self.forward_batch(batch))
+
     def loss_detection(
         self, out: StudentOutput, gt_boxes: list[Tensor], gt_labels: list[Tensor]
     ) -> dict[str, Tensor]:
@@ -96,7 +124,7 @@ class BEVDepthStudent(nn.Module):
 
     def loss_depth(self, out: StudentOutput, depth_gt: Tensor) -> Tensor:
         """Unweighted depth loss (METHOD.md 8.2) of the key frame; depth_gt [B, N, H, W] metres.
-        The caller multiplies by ``distill.depth_weight`` (3.0)."""
+        :meth:`loss` multiplies it by ``weights.depth_weight`` (3.0)."""
         return depth_loss(
             out.depth, depth_gt, self.cfg.view_transform.downsample, self.grid.d_bound
         )

@@ -16,7 +16,8 @@ from labeldistill.config import GridConfig, StudentConfig
 from labeldistill.errors import ConfigError
 from labeldistill.models.depth_net import DepthNet, camera_vector
 from labeldistill.models.image_backbone import ResNetBackbone, build_image_neck
-from labeldistill.ops.voxel_pool import VoxelGrid, pool_fn
+from labeldistill.ops.inverse import inverse_4x4
+from labeldistill.ops.voxel_pool import VoxelGrid, pool_fn, voxel_pool_scatter
 
 
 def depth_bins(d_bound: tuple[float, float, float]) -> Tensor:
@@ -64,7 +65,7 @@ def frustum_geometry(
     ida: Tensor,
     bda: Tensor,
     precision: str = "fp32",
-    inverse=torch.inverse,  # noqa: ANN001 (the ONNX export passes a closed-form 4x4 inverse)
+    inverse=torch.inverse,
 ) -> Tensor:
     """Ego-frame position of every frustum point (METHOD.md 4.3).
 
@@ -122,10 +123,21 @@ class LSSBackbone(nn.Module):
     bda [B, 4, 4]) -> :class:`LSSOutput`. Frame 0 runs with gradients; frames 1.. under
     ``torch.no_grad()`` with their own matrices and the shared bda. DepthNet is conditioned on
     frame-0 matrices for every frame (METHOD.md 14, quirk 20).
+
+    ``exportable``: the same network with standard-ONNX ops (scatter pooling, the closed-form
+    4x4 inverse, the plain deformable conv); the state dict is the same.
     """
 
-    def __init__(self, cfg: StudentConfig, grid: GridConfig, image_size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        cfg: StudentConfig,
+        grid: GridConfig,
+        image_size: tuple[int, int],
+        *,
+        exportable: bool = False,
+    ) -> None:
         super().__init__()
+        self.exportable = exportable
         vt = cfg.view_transform
         self.image_size = (int(image_size[0]), int(image_size[1]))
         multiple = max(vt.downsample, 32)  # C5 has stride 32 and is upsampled x2 by the neck
@@ -137,7 +149,8 @@ class LSSBackbone(nn.Module):
         self.downsample = vt.downsample
         self.context_channels = vt.context_channels
         self.depth_channels = grid.num_depth_bins
-        self.pool = pool_fn(vt.pool_impl)
+        self.pool = voxel_pool_scatter if exportable else pool_fn(vt.pool_impl)
+        self.inverse = inverse_4x4 if exportable else torch.inverse
         if vt.geometry_precision not in GEOMETRY_PRECISIONS:
             raise ConfigError(
                 f"student.view_transform.geometry_precision {vt.geometry_precision!r}: use one of "
@@ -153,7 +166,11 @@ class LSSBackbone(nn.Module):
         self.img_backbone = ResNetBackbone(cfg.image_backbone)
         self.img_neck = build_image_neck(cfg.image_neck, self.img_backbone.out_channels)
         self.depth_net = DepthNet(
-            cfg.depth_net, self.img_neck.out_channels, vt.context_channels, self.depth_channels
+            cfg.depth_net,
+            self.img_neck.out_channels,
+            vt.context_channels,
+            self.depth_channels,
+            exportable=exportable,
         )
 
     def _frame(
@@ -164,7 +181,9 @@ class LSSBackbone(nn.Module):
         feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))
         out = self.depth_net(feats, cam)
         depth = out.depth_logits.softmax(dim=1)
-        geom = frustum_geometry(self.frustum, *mats, bda, precision=self.geometry_precision)
+        geom = frustum_geometry(
+            self.frustum, *mats, bda, precision=self.geometry_precision, inverse=self.inverse
+        )
         h, w = depth.shape[2:]
         bev = self.pool(
             geom,

@@ -36,6 +36,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Literal
 
 import torch
@@ -407,8 +408,6 @@ def spconv_incompatibility(spconv_version: str, torch_version: str) -> str | Non
 
 def _installed_spconv_version() -> str | None:
     """Version of the installed ``spconv`` / ``spconv-cuXXX`` distribution, if any."""
-    from importlib import metadata
-
     for dist in metadata.distributions():
         name = str(dist.metadata.get("Name") or "").lower()
         if name == "spconv" or name.startswith("spconv-cu"):
@@ -425,8 +424,9 @@ def _import_spconv() -> Any:
         reason = spconv_incompatibility(version, torch.__version__)
         if reason:
             raise ImportError(reason)
+    # optional here: spconv is an optional CUDA backend, and a bad version crashes at import
     import spconv  # type: ignore[import-not-found]
-    import spconv.pytorch as sp  # type: ignore[import-not-found]
+    import spconv.pytorch as sp  # type: ignore[import-not-found]  # optional here: as above
 
     version = str(getattr(spconv, "__version__", version or ""))
     reason = spconv_incompatibility(version, torch.__version__)
@@ -446,7 +446,7 @@ def spconv_module() -> Any:
         _SPCONV_TRIED = True
         try:
             _SPCONV = _import_spconv()
-        except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        except Exception as exc:
             _SPCONV = None
             _SPCONV_REASON = f"{type(exc).__name__}: {exc}"
             logger.info("spconv not available: %s", _SPCONV_REASON)

@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from labeldistill.checkpoint.weights import save_safetensors
 from labeldistill.config import DataConfig, ExperimentConfig
 from labeldistill.data import augment
 from labeldistill.data.dataset import normalize_image
@@ -95,8 +98,6 @@ class SegmentationImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
-        from PIL import Image
-
         i, cam = self.items[idx]
         filename = self.infos[i]["cam_infos"][cam]["filename"]
         img = load_image(self.root / filename)
@@ -178,10 +179,6 @@ def pretrain_backbone(
 ) -> PretrainResult:
     """Train stage 0 for ``exp``'s image backbone on ``exp.data`` (train split; IoU on the val
     split) and write ``out_dir/backbone.safetensors`` and ``metrics.json``."""
-    from tqdm import tqdm
-
-    from labeldistill.training.checkpoints import save_safetensors
-
     cfg.validate()
     out = Path(out_dir)
     backbone_file = out / BACKBONE_FILE

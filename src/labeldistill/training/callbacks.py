@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights (METHOD.md 9.3), as a Lightning callback.
+"""Lightning callbacks: the exponential moving average of the weights (METHOD.md 9.3), the
+step limit, and the epoch checkpoints (:func:`checkpoint_callback`).
 
 The original's ``ModelEMA`` keeps a copy of the whole model and, after every training batch,
 updates every floating-point state entry (parameters *and* BatchNorm running statistics):
@@ -31,11 +32,41 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
+
+from labeldistill.checkpoint.weights import EMA_KEY, save_safetensors
+from labeldistill.config import ExperimentConfig
+from labeldistill.errors import ConfigError
+from labeldistill.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-EMA_KEY = "ema_state_dict"
+
+def check_keep_epochs(keep: int) -> int:
+    """``trainer.keep_epochs``: -1 (keep every epoch) or >= 1; ConfigError otherwise."""
+    if keep == -1 or keep >= 1:
+        return keep
+    raise ConfigError(f"trainer.keep_epochs must be -1 (keep every epoch) or >= 1, got {keep}")
+
+
+def checkpoint_callback(cfg: ExperimentConfig) -> ModelCheckpoint:
+    """A ``.ckpt`` at the end of every epoch (``epoch_<n>.ckpt``, 0-based) plus ``last.ckpt``;
+    only the newest ``trainer.keep_epochs`` epoch files stay on disk (-1: all)."""
+    keep = check_keep_epochs(cfg.trainer.keep_epochs)
+    return ModelCheckpoint(
+        dirpath=RunDir.of(cfg).checkpoints,
+        filename="epoch_{epoch}",
+        auto_insert_metric_name=False,
+        # Ranking by epoch (max) keeps the newest ``keep``; Lightning deletes the others.
+        monitor=None if keep == -1 else "epoch",
+        mode="max",
+        save_top_k=keep,
+        every_n_epochs=1,
+        save_last=True,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
 
 
 def _target(pl_module: L.LightningModule) -> nn.Module:
@@ -177,8 +208,6 @@ class EMACallback(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.ema is None or self.ema_dir is None or not trainer.is_global_zero:
             return
-        from labeldistill.training.checkpoints import save_safetensors
-
         path = self.ema_dir / f"epoch_{trainer.current_epoch}.safetensors"
         save_safetensors(
             path,

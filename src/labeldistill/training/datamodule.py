@@ -5,7 +5,7 @@
   with ``trainer.seed`` (one process: a sampler with one replica), so the order depends only
   on (seed, epoch) and a resumed run sees the same batches as an uninterrupted one;
 * evaluation split: no augmentation, no depth, a non-shuffling DistributedSampler (padded to a
-  multiple of the world size; :func:`~labeldistill.training.modules.gather_records` drops the
+  multiple of the world size; :func:`~labeldistill.training.stage_module.gather_records` drops the
   padding);
 * images travel as uint8 (``data.uint8_images``), pinned (``Batch.pin_memory``) when CUDA is
   available, copied with ``non_blocking=True`` and normalised by the student on the device;
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from labeldistill.config import DataConfig, ExperimentConfig
 from labeldistill.data.dataset import NuScenesDataset, build_dataset, collate
+from labeldistill.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,6 @@ class StageDataModule(L.LightningDataModule):
         ds = self.train_dataset
         world, _ = self._world()
         if len(ds) < self.cfg.data.batch_size * world:
-            from labeldistill.errors import DataError
-
             raise DataError(
                 f"split {self.cfg.data.train_split} has {len(ds)} samples, fewer than one global "
                 f"batch ({self.cfg.data.batch_size} x {world}): lower data.batch_size"

@@ -26,22 +26,20 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgr
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
+from labeldistill.checkpoint.weights import check_resume_checkpoint, load_weights
 from labeldistill.config import ExperimentConfig, dump_config
 from labeldistill.errors import CheckpointError
+from labeldistill.evaluation.results import results_from_detections, write_results
 from labeldistill.io import atomic_write_text, check_output_dir, check_output_file
-from labeldistill.training.callbacks import EMACallback, StepLimit, ema_files
-from labeldistill.training.checkpoints import (
-    check_resume_checkpoint,
+from labeldistill.training.callbacks import (
+    EMACallback,
+    StepLimit,
     checkpoint_callback,
-    checkpoint_dir,
-    ema_dir,
-    last_checkpoint,
-    load_weights,
-    resolve_resume,
-    run_dir,
+    ema_files,
 )
 from labeldistill.training.datamodule import StageDataModule
-from labeldistill.training.modules import Record, StageModule, stage_module_class
+from labeldistill.training.run_dir import RunDir
+from labeldistill.training.stage_module import Record, StageModule, evaluate_records
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +156,7 @@ def build_trainer(
         logger=logger,
         enable_checkpointing=fit,
         use_distributed_sampler=False,  # our datamodule builds seeded samplers itself
-        default_root_dir=str(run_dir(cfg)),
+        default_root_dir=str(RunDir.of(cfg).root),
         enable_model_summary=fit,
     )
 
@@ -255,8 +253,7 @@ def _fit_or_predict(trainer: L.Trainer, fn: Any, *args: Any, **kwargs: Any) -> A
 
 
 def _module(cfg: ExperimentConfig) -> StageModule:
-    cls = stage_module_class(cfg)
-    return cls(cfg, global_batch=cfg.data.batch_size * world_size(cfg))
+    return StageModule(cfg, global_batch=cfg.data.batch_size * world_size(cfg))
 
 
 def _datamodule(
@@ -287,10 +284,10 @@ class TrainResult:
     ema_weights: Path | None
 
 
-def _existing_run_files(cfg: ExperimentConfig) -> list[Path]:
+def _existing_run_files(run: RunDir) -> list[Path]:
     """Checkpoints and EMA files an earlier run left in the run directory."""
-    files = sorted(checkpoint_dir(cfg).glob("*.ckpt")) if checkpoint_dir(cfg).is_dir() else []
-    return files + (ema_files(ema_dir(cfg)) if ema_dir(cfg).is_dir() else [])
+    files = sorted(run.checkpoints.glob("*.ckpt")) if run.checkpoints.is_dir() else []
+    return files + (ema_files(run.ema) if run.ema.is_dir() else [])
 
 
 class _RunStart(Callback):
@@ -298,8 +295,9 @@ class _RunStart(Callback):
     run's checkpoints and EMA files (``overwrite``) and write ``config.yaml``. A run that fails at
     start-up thus leaves the run directory as it was."""
 
-    def __init__(self, cfg: ExperimentConfig, stale: list[Path]) -> None:
+    def __init__(self, cfg: ExperimentConfig, run: RunDir, stale: list[Path]) -> None:
         self.cfg = cfg
+        self.run = run
         self.stale = stale
         self.started = 0.0
 
@@ -310,10 +308,8 @@ class _RunStart(Callback):
         for path in self.stale:
             path.unlink(missing_ok=True)
         if self.stale:
-            log.info(
-                "removed %d files of the earlier run in %s", len(self.stale), run_dir(self.cfg)
-            )
-        atomic_write_text(run_dir(self.cfg) / "config.yaml", dump_config(self.cfg))
+            log.info("removed %d files of the earlier run in %s", len(self.stale), self.run.root)
+        atomic_write_text(self.run.config_file, dump_config(self.cfg))
 
 
 def train(
@@ -327,11 +323,12 @@ def train(
     _single_lightning_log()
     check_output_dir(cfg.trainer.output_dir, "trainer.output_dir")
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    ckpt_path = resolve_resume(cfg, resume)
-    stale = _existing_run_files(cfg) if ckpt_path is None else []
+    run = RunDir.of(cfg)
+    ckpt_path = run.resolve_resume(resume)
+    stale = _existing_run_files(run) if ckpt_path is None else []
     if stale and not overwrite:
         raise CheckpointError(
-            f"run directory {run_dir(cfg)} already holds checkpoints of an earlier run (e.g. "
+            f"run directory {run.root} already holds checkpoints of an earlier run (e.g. "
             f"{stale[0].name}): continue it with --resume last, start again with --overwrite, "
             "or choose another name / trainer.output_dir"
         )
@@ -344,14 +341,14 @@ def train(
     ema_cb = (
         EMACallback(
             cfg.trainer.ema_decay,
-            ema_dir(cfg),
+            run.ema,
             cfg.trainer.ema_warmup_steps,
             cfg.trainer.keep_epochs,
         )
         if cfg.trainer.ema
         else None
     )
-    start = _RunStart(cfg, stale)
+    start = _RunStart(cfg, run, stale)
     losses = LossSummary()
     callbacks: list[Callback] = [start, checkpoint_callback(cfg), _progress_bar(), losses]
     if cfg.trainer.max_steps >= 0:
@@ -368,7 +365,7 @@ def train(
         "training %s (stage %s) -> %s%s",
         cfg.name,
         cfg.stage,
-        run_dir(cfg),
+        run.root,
         f", resuming from {ckpt_path}" if ckpt_path else "",
     )
     _fit_or_predict(
@@ -380,13 +377,13 @@ def train(
     )
     if trainer.interrupted:
         raise KeyboardInterrupt
-    last = last_checkpoint(cfg)
+    last = run.last_checkpoint
     ema_path = None
     if ema_cb is not None:
-        candidate = ema_dir(cfg) / f"epoch_{trainer.current_epoch - 1}.safetensors"
-        files = ema_files(ema_dir(cfg))
+        candidate = run.ema / f"epoch_{trainer.current_epoch - 1}.safetensors"
+        files = ema_files(run.ema)
         ema_path = candidate if candidate.is_file() else (files[-1] if files else None)
-    result = TrainResult(run_dir=run_dir(cfg), last_ckpt=last, ema_weights=ema_path)
+    result = TrainResult(run_dir=run.root, last_ckpt=last, ema_weights=ema_path)
     if trainer.is_global_zero:
         elapsed = time.monotonic() - start.started if start.started else 0.0
         log.info(
@@ -409,7 +406,7 @@ def train(
 
 
 def _resolve_ckpt(cfg: ExperimentConfig, ckpt: str | Path | None) -> Path:
-    path = Path(ckpt) if ckpt is not None else last_checkpoint(cfg)
+    path = Path(ckpt) if ckpt is not None else RunDir.of(cfg).last_checkpoint
     if not path.is_file():
         hint = "pass --ckpt FILE" if ckpt is None else "check the path"
         raise CheckpointError(f"checkpoint {path} not found: {hint}")
@@ -436,24 +433,6 @@ def infer(
     trainer = build_trainer(cfg, [_progress_bar()], logger=False, fit=False)
     _fit_or_predict(trainer, trainer.predict, module, datamodule=dm, return_predictions=False)
     return module.gathered
-
-
-def evaluate_records(
-    cfg: ExperimentConfig, records: list[Record], split: str, out_dir: str | Path
-) -> dict[str, Any]:
-    """Official nuScenes metrics of ``records`` on ``split`` (results_nusc.json, metrics.json
-    and the devkit's files in ``out_dir``)."""
-    from labeldistill.evaluation.nuscenes_eval import evaluate_detections
-
-    out = Path(out_dir)
-    return evaluate_detections(
-        [r.dets for r in records],
-        [r.meta for r in records],
-        cfg.data.dataroot,
-        cfg.data.version,
-        split,
-        out,
-    )
 
 
 def default_eval_dir(ckpt: Path) -> Path:
@@ -487,8 +466,6 @@ def predict(
     cfg: ExperimentConfig, ckpt: str | Path | None, split: str | None, out: str | Path
 ) -> Path:
     """Write the nuScenes result JSON of ``split`` (default: the val split) to ``out``."""
-    from labeldistill.evaluation.results import results_from_detections, write_results
-
     split = split or cfg.data.val_split
     out = check_output_file(out, "--out")
     records = infer(cfg, ckpt, split)
@@ -503,7 +480,7 @@ def train_and_evaluate(cfg: ExperimentConfig) -> dict[str, Any]:
     the val split; returns the metrics dict (``{}`` on non-zero ranks). An earlier run of the
     same name is replaced (it trains from scratch by definition)."""
     result = train(cfg, overwrite=True)
-    return evaluate(cfg, result.last_ckpt, result.run_dir / "eval" / "last")
+    return evaluate(cfg, result.last_ckpt, RunDir(result.run_dir).eval_dir("last"))
 
 
 def _is_rank_zero() -> bool:

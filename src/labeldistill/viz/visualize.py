@@ -213,7 +213,7 @@ def render_sample(
     predictions: Sequence[Mapping[str, Any]] = (),
     score_threshold: float = 0.3,
     tile_w: int = TILE_WIDTH,
-):  # noqa: ANN201 (PIL.Image.Image)
+):
     """Draw one sample -> PIL RGB image (layout of :func:`panel_layout`)."""
     dataroot = Path(dataroot)
     first = info["cam_infos"][CAMERAS[0]]

@@ -1,5 +1,6 @@
-"""The LabelDistill training stages (training/distill_modules.py): teacher loading, optimiser
-contents, loss terms and weights, and the stage-2 upper bound on the synthetic set."""
+"""The stage module (training/stage_module.py) on the LabelDistill stages: teacher loading,
+optimiser contents, loss terms and weights, the stage-2 upper bound on the synthetic set, and
+the dataset-order gather."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 from labeldistill.config import ExperimentConfig, load_config
 from labeldistill.errors import CheckpointError
 from labeldistill.models.build import build_lidar_teacher
+from labeldistill.models.label_teacher import LabelTeacher
+from labeldistill.models.labeldistill import LabelDistill
 from labeldistill.training.datamodule import StageDataModule
-from labeldistill.training.distill_modules import LabelDistillModule, LabelEncoderModule
-from labeldistill.training.modules import STAGES, stage_module_class
+from labeldistill.training.stage_module import StageModule, interleave
 
 FAST = ["data.num_workers=0", "data.image_size=[64, 192]", "trainer.accelerator=cpu"]
 
@@ -33,15 +35,13 @@ def _save_teacher(cfg: ExperimentConfig, path: Path, drop: str | None = None) ->
 
 
 def test_stages_are_registered() -> None:
-    assert STAGES["label_encoder"] is LabelEncoderModule
-    assert STAGES["labeldistill"] is LabelDistillModule
-    assert stage_module_class(_cfg("labeldistill_tiny")) is LabelDistillModule
-    assert stage_module_class(_cfg("labeldistill_step1_tiny")) is LabelEncoderModule
+    assert isinstance(StageModule(_cfg("labeldistill_tiny")).model, LabelDistill)
+    assert isinstance(StageModule(_cfg("labeldistill_step1_tiny")).model, LabelTeacher)
 
 
 def test_missing_teacher_checkpoints_fail_with_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nope.ckpt"
-    module = LabelDistillModule(_cfg("labeldistill_tiny", f"distill.lidar_ckpt={missing}"))
+    module = StageModule(_cfg("labeldistill_tiny", f"distill.lidar_ckpt={missing}"))
     with pytest.raises(CheckpointError) as err:
         module.init_weights_for_training()
     msg = str(err.value)
@@ -49,18 +49,16 @@ def test_missing_teacher_checkpoints_fail_with_one_line(tmp_path: Path) -> None:
     # the label encoder file is checked before any work too
     teacher = tmp_path / "teacher.ckpt"
     _save_teacher(_cfg("labeldistill_tiny"), teacher)
-    module = LabelDistillModule(
+    module = StageModule(
         _cfg("labeldistill_tiny", f"distill.lidar_ckpt={teacher}", "distill.label_ckpt=null")
     )
     with pytest.raises(CheckpointError, match=r"distill.label_ckpt is not set: .*stage 2"):
         module.init_weights_for_training()
     # an ablation without the label teacher does not need the file
-    lidar_only = LabelDistillModule(
-        _cfg("labeldistill_tiny_lidar_only", f"distill.lidar_ckpt={teacher}")
-    )
+    lidar_only = StageModule(_cfg("labeldistill_tiny_lidar_only", f"distill.lidar_ckpt={teacher}"))
     lidar_only.init_weights_for_training()
     assert lidar_only.model.label_encoder is None and lidar_only.needs_lidar
-    assert not LabelDistillModule(_cfg("labeldistill_tiny_label_only")).needs_lidar
+    assert not StageModule(_cfg("labeldistill_tiny_label_only")).needs_lidar
 
 
 def test_label_encoder_stage_loads_the_teacher_strictly(tmp_path: Path) -> None:
@@ -68,7 +66,7 @@ def test_label_encoder_stage_loads_the_teacher_strictly(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.ckpt", tmp_path / "bad.ckpt"
     state = _save_teacher(cfg, good)
     _save_teacher(cfg, bad, drop="pts_neck.deblocks.0.0.weight")
-    module = LabelEncoderModule(_cfg("labeldistill_step1_tiny", f"distill.lidar_ckpt={good}"))
+    module = StageModule(_cfg("labeldistill_step1_tiny", f"distill.lidar_ckpt={good}"))
     module.init_weights_for_training()
     teacher = module.model.lidar_teacher
     for k, v in teacher.state_dict().items():
@@ -82,13 +80,13 @@ def test_label_encoder_stage_loads_the_teacher_strictly(tmp_path: Path) -> None:
     assert params == {id(p) for p in module.model.label_encoder.parameters()}
     assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(1e-3, 1e-7)]
     # a checkpoint that does not fit fails and names the key
-    module = LabelEncoderModule(_cfg("labeldistill_step1_tiny", f"distill.lidar_ckpt={bad}"))
+    module = StageModule(_cfg("labeldistill_step1_tiny", f"distill.lidar_ckpt={bad}"))
     with pytest.raises(CheckpointError, match="1 missing"):
         module.init_weights_for_training()
 
 
 def test_labeldistill_param_groups_exclude_teachers() -> None:
-    module = LabelDistillModule(_cfg("labeldistill_tiny"))
+    module = StageModule(_cfg("labeldistill_tiny"))
     opt = module.configure_optimizers()["optimizer"]
     groups = {g["name"]: g for g in opt.param_groups}
     names = {id(p): n for n, p in module.model.named_parameters()}
@@ -121,8 +119,8 @@ def test_loss_terms_and_weights_come_from_the_config(synthetic_root: Path) -> No
     ]
     cfg1 = _cfg("labeldistill_tiny", *base, *ones)
     cfg2 = _cfg("labeldistill_tiny", *base, *odd)
-    m1 = LabelDistillModule(cfg1)
-    m2 = LabelDistillModule(cfg2)
+    m1 = StageModule(cfg1)
+    m2 = StageModule(cfg2)
     m2.model.load_state_dict(m1.model.state_dict())
     dm = StageDataModule(cfg1, needs_lidar=True, needs_depth=True)
     batch = next(iter(dm.train_dataloader()))
@@ -244,7 +242,7 @@ def test_label_encoder_decodes_the_gt_through_the_frozen_teacher(
 
     cfg = _cfg("labeldistill_step1_tiny", f"data.dataroot={synthetic_root}", *SMALL_GRID)
     torch.manual_seed(0)
-    module = LabelEncoderModule(cfg)
+    module = StageModule(cfg)
     teacher_before = {k: v.clone() for k, v in module.model.lidar_teacher.state_dict().items()}
     ds = build_dataset(cfg.data, "mini_train", train=False)
     batches = [
@@ -276,3 +274,11 @@ def test_label_encoder_decodes_the_gt_through_the_frozen_teacher(
     assert mAP > LE_MIN_MAP
     for k, v in module.model.lidar_teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
+
+
+def test_interleave_restores_dataset_order_and_drops_padding() -> None:
+    # 5 items on 2 ranks: rank 0 gets 0, 2, 4; rank 1 gets 1, 3 and the padding item 0
+    assert interleave([[0, 2, 4], [1, 3, 0]], 5) == [0, 1, 2, 3, 4]
+    assert interleave([[0, 3], [1, 4], [2, 0]], 5) == [0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError):
+        interleave([[0, 2], [1]], 3)

@@ -1,16 +1,17 @@
-"""One thin LightningModule per training stage, picked by ``cfg.stage`` from :data:`STAGES`.
+"""The one LightningModule of every training stage, driven by its stage model.
 
-A stage module owns its network as ``self.model`` (so checkpoint keys are ``model.<...>``, as
-the original's, METHOD.md 12) and defines three things:
+``self.model`` is the stage model of :func:`~labeldistill.models.build.build_stage_model` (so
+checkpoint keys are ``model.<...>``, as the original's, METHOD.md 12), which owns the method:
 
-* ``build_model(cfg)``: a call into :mod:`labeldistill.models.build`;
-* ``compute_losses(batch) -> LossDict``: forward + the weighted loss terms (weights from the
-  config); ``training_step`` logs every term and returns their sum;
-* ``detect(batch) -> list[Detections]``: inference, used by validation, test and predict,
-  which collect ``(Detections, SampleMeta)`` records and gather them across ranks in dataset
-  order (:func:`gather_records`).
+* ``forward_batch(batch)`` and ``loss(output, batch) -> dict[str, Tensor]`` (the weighted
+  terms; their weights come from the config): ``training_step`` logs every term and returns
+  their sum;
+* ``detect(batch) -> list[Detections]``: used by validation, test and predict, which collect
+  ``(Detections, SampleMeta)`` records and gather them across ranks in dataset order
+  (:func:`gather_records`).
 
-Adding a stage (label encoder, LabelDistill) = one subclass + one entry in :data:`STAGES`.
+What training adds per stage (data needs, initial weights) is :data:`~labeldistill.training.
+stages.STAGES`. Adding a stage = one builder in ``models/build.py`` + one entry in each table.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from labeldistill.config import ExperimentConfig
+from labeldistill.evaluation.nuscenes_eval import evaluate_detections
 from labeldistill.io import atomic_write_text
-from labeldistill.models import build
+from labeldistill.models.build import build_stage_model
 from labeldistill.structures import Batch, Detections, LossDict, SampleMeta
 from labeldistill.training.optim import build_optimizer, build_scheduler
+from labeldistill.training.run_dir import RunDir
+from labeldistill.training.stages import stage_of
 
 log = logging.getLogger(__name__)
 
@@ -68,44 +73,54 @@ def interleave(per_rank: list[list[Any]], dataset_len: int) -> list[Any]:
     return ordered[:dataset_len]
 
 
+def evaluate_records(
+    cfg: ExperimentConfig, records: list[Record], split: str, out_dir: str | Path
+) -> dict[str, Any]:
+    """Official nuScenes metrics of ``records`` on ``split`` (results_nusc.json, metrics.json
+    and the devkit's files in ``out_dir``)."""
+    return evaluate_detections(
+        [r.dets for r in records],
+        [r.meta for r in records],
+        cfg.data.dataroot,
+        cfg.data.version,
+        split,
+        Path(out_dir),
+    )
+
+
 class StageModule(L.LightningModule):
-    """Shared training / inference logic of every stage (see the module docstring).
+    """Training / inference of the stage ``cfg.stage`` (see the module docstring).
 
-    Class attributes tell the datamodule what the stage reads: ``needs_lidar`` (multi-sweep
-    points), ``needs_depth`` (LiDAR depth maps for the depth loss), ``needs_images`` (camera
-    images) in training, ``eval_needs_lidar`` (points at evaluation, default ``needs_lidar``).
+    Attributes tell the datamodule what the stage reads (:class:`~labeldistill.training.stages.
+    Stage`): ``needs_lidar`` (multi-sweep points), ``needs_depth`` (LiDAR depth maps for the
+    depth loss), ``needs_images`` (camera images) in training, ``eval_needs_lidar`` (points at
+    evaluation, None: as ``needs_lidar``).
     """
-
-    needs_lidar: ClassVar[bool] = False
-    needs_depth: ClassVar[bool] = False
-    #: camera images in training (False: the items carry no decoded image)
-    needs_images: ClassVar[bool] = True
-    #: LiDAR points at evaluation / prediction (None: as ``needs_lidar``)
-    eval_needs_lidar: ClassVar[bool | None] = None
 
     def __init__(self, cfg: ExperimentConfig, global_batch: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
         self.global_batch = global_batch
-        self.model = self.build_model(cfg)
+        self.stage = stage_of(cfg)
+        self.needs_lidar = self.stage.train_needs_lidar(cfg)
+        self.needs_depth = self.stage.needs_depth
+        self.needs_images = self.stage.needs_images
+        self.eval_needs_lidar = self.stage.eval_needs_lidar
+        self.model = build_stage_model(cfg)
         self._records: list[Record] = []
         self.gathered: list[Record] = []
         self.eval_dataset_len: int | None = None
 
-    # -- to be defined by every stage -------------------------------------------------------
-
-    @staticmethod
-    def build_model(cfg: ExperimentConfig) -> nn.Module:
-        raise NotImplementedError
-
     def compute_losses(self, batch: Batch) -> LossDict:
-        raise NotImplementedError
+        """The stage model's weighted loss terms on ``batch`` (their sum is the loss)."""
+        return LossDict(self.model.loss(self.model.forward_batch(batch), batch))
 
     def detect(self, batch: Batch) -> list[Detections]:
-        raise NotImplementedError
+        return self.model.detect(batch)
 
     def init_weights_for_training(self) -> None:
         """Load external initial weights (ImageNet, teachers) before a fresh training run."""
+        self.stage.init_weights(self.cfg, self.model)
 
     # -- Lightning hooks ---------------------------------------------------------------------
 
@@ -164,10 +179,7 @@ class StageModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._finish_inference()
         if self.trainer.is_global_zero and self.gathered:
-            from labeldistill.training.checkpoints import run_dir
-            from labeldistill.training.run import evaluate_records
-
-            out = run_dir(self.cfg) / "eval" / f"val_epoch_{self.current_epoch}"
+            out = RunDir.of(self.cfg).eval_dir(f"val_epoch_{self.current_epoch}")
             metrics = evaluate_records(self.cfg, self.gathered, self.cfg.data.val_split, out)
             # the learning curves of benchmarks/accuracy.py plot val metrics against steps
             metrics["global_step"] = int(self.global_step)
@@ -195,89 +207,3 @@ class StageModule(L.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self._finish_inference()
-
-
-class StudentModule(StageModule):
-    """BEVDepth camera student / the paper's baseline: L = det + depth_weight * depth."""
-
-    needs_depth = True
-
-    @staticmethod
-    def build_model(cfg: ExperimentConfig) -> nn.Module:
-        return build.build_student(cfg)
-
-    def init_weights_for_training(self) -> None:
-        from labeldistill.training.pretrained import init_student_backbone
-
-        init_student_backbone(self.model.backbone.img_backbone, self.cfg.student.image_backbone)
-
-    def compute_losses(self, batch: Batch) -> LossDict:
-        model = self.model
-        out = model(batch.imgs, batch.ego_from_camera, batch.intrinsics, batch.ida, batch.bda)
-        weights = self.cfg.distill
-        det = model.loss_detection(out, batch.gt_boxes, batch.gt_labels)
-        terms = {f"det_{k}": weights.det_weight * v for k, v in det.items()}
-        if batch.depth is None:
-            raise RuntimeError("the student stage needs depth maps: data.return_depth must be true")
-        terms["depth"] = weights.depth_weight * model.loss_depth(out, batch.depth)
-        return LossDict(terms)
-
-    def detect(self, batch: Batch) -> list[Detections]:
-        out = self.model(batch.imgs, batch.ego_from_camera, batch.intrinsics, batch.ida, batch.bda)
-        return self.model.decode(out)
-
-
-class LidarTeacherModule(StageModule):
-    """Stage 1, the CenterPoint LiDAR teacher: L = CenterPoint detection loss (METHOD.md 5.1)."""
-
-    needs_lidar = True
-    needs_images = False  # the teacher reads points only (the original decodes F x 6 images)
-
-    @staticmethod
-    def build_model(cfg: ExperimentConfig) -> nn.Module:
-        return build.build_lidar_teacher(cfg)
-
-    def _points(self, batch: Batch) -> Tensor:
-        if batch.lidar_points is None:
-            raise RuntimeError(
-                "the lidar_teacher stage needs points: data.return_lidar must be true"
-            )
-        return batch.lidar_points
-
-    def compute_losses(self, batch: Batch) -> LossDict:
-        head = self.model.pts_bbox_head
-        out = self.model(self._points(batch))
-        det = head.loss(out.head, head.get_targets(batch.gt_boxes, batch.gt_labels))
-        return LossDict({f"det_{k}": self.cfg.distill.det_weight * v for k, v in det.items()})
-
-    def detect(self, batch: Batch) -> list[Detections]:
-        out = self.model(self._points(batch))
-        return self.model.pts_bbox_head.decode(out.head)
-
-
-#: cfg.stage -> its LightningModule. The label encoder and LabelDistill stages add one entry each.
-STAGES: dict[str, type[StageModule]] = {
-    "student": StudentModule,
-    "lidar_teacher": LidarTeacherModule,
-}
-
-# The LabelDistill stages subclass StageModule, so they are imported after it is defined (the
-# package __init__ imports this module first, so distill_modules is never imported before it).
-from labeldistill.training.distill_modules import (  # noqa: E402
-    LabelDistillModule,
-    LabelEncoderModule,
-)
-
-STAGES["label_encoder"] = LabelEncoderModule
-STAGES["labeldistill"] = LabelDistillModule
-
-
-def stage_module_class(cfg: ExperimentConfig) -> type[StageModule]:
-    from labeldistill.errors import ConfigError
-
-    try:
-        return STAGES[cfg.stage]
-    except KeyError:
-        raise ConfigError(
-            f"stage '{cfg.stage}' has no training module yet (available: {', '.join(STAGES)})"
-        ) from None

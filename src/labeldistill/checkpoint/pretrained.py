@@ -24,6 +24,7 @@ from torchvision.models import (
     ResNet101_Weights,
 )
 
+from labeldistill.checkpoint.weights import compare_state, read_weights
 from labeldistill.config import ImageBackboneConfig
 from labeldistill.errors import UserError
 
@@ -47,6 +48,18 @@ def imagenet_weights_path(depth: int, hub_dir: str | Path | None = None) -> Path
     return root / "checkpoints" / Path(_WEIGHTS[depth].url).name
 
 
+def _load_resnet(backbone: nn.Module, path: Path, depth: int, what: str, fix: str) -> Path:
+    """Copy the torchvision-layout ResNet-``depth`` state dict in ``path`` (``fc.*`` dropped)
+    into ``backbone`` (strict); a file of another network is a UserError ending in ``fix``."""
+    state = {k: v for k, v in read_weights(path).state_dict.items() if not k.startswith("fc.")}
+    report = compare_state(backbone, state)
+    if not report.ok:
+        raise UserError(f"{what} {path} does not fit ResNet-{depth} ({report.summary()}): {fix}")
+    backbone.load_state_dict(state, strict=True)
+    log.info("image backbone initialised from %s", path)
+    return path
+
+
 def load_imagenet_backbone(
     backbone: nn.Module, depth: int, hub_dir: str | Path | None = None
 ) -> Path:
@@ -63,37 +76,15 @@ def load_imagenet_backbone(
             f"{path.parent} on a machine with internet (or set TORCH_HOME), or pass "
             "--set student.image_backbone.pretrained=false for random init"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(
-            f"ImageNet weights file {path} is unreadable ({type(exc).__name__}): delete it and "
-            f"download {url} again"
-        ) from None
-    if not isinstance(state, dict):
-        state = {}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        raise UserError(
-            f"ImageNet weights file {path} does not fit ResNet-{depth} (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}): delete it and download "
-            f"{url} again"
-        )
-    backbone.load_state_dict(state, strict=True)
-    log.info("image backbone initialised from %s", path)
-    return path
+    return _load_resnet(
+        backbone, path, depth, "ImageNet weights file", f"delete it and download {url} again"
+    )
 
 
 def load_backbone_file(backbone: nn.Module, path: str | Path, depth: int) -> Path:
     """Copy a torchvision-layout ResNet-``depth`` state dict (``.pth`` / ``.safetensors``;
     ``fc.*`` dropped) into ``backbone`` (strict). Raises :class:`UserError` naming the file
     when it is missing, unreadable or of another network."""
-    from labeldistill.training.checkpoints import compare_state, read_weights
-
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -101,16 +92,13 @@ def load_backbone_file(backbone: nn.Module, path: str | Path, depth: int) -> Pat
             "an existing file, run `labeldistill pretrain-backbone`, or set "
             "student.image_backbone.pretrained=false for random init"
         )
-    state = {k: v for k, v in read_weights(path).state_dict.items() if not k.startswith("fc.")}
-    report = compare_state(backbone, state)
-    if not report.ok:
-        raise UserError(
-            f"backbone weights {path} do not fit ResNet-{depth} ({report.summary()}): give the "
-            "weights of the same ResNet depth (student.image_backbone.depth)"
-        )
-    backbone.load_state_dict(state, strict=True)
-    log.info("image backbone initialised from %s", path)
-    return path
+    return _load_resnet(
+        backbone,
+        path,
+        depth,
+        "backbone weights",
+        "give the weights of the same ResNet depth (student.image_backbone.depth)",
+    )
 
 
 def init_student_backbone(image_backbone: nn.Module, cfg: ImageBackboneConfig) -> Path | None:

@@ -1,5 +1,4 @@
-"""Reading weights (EMA preferred), strict loading with a one-line CheckpointError, teachers,
-resume paths, and the dataset-order gather."""
+"""Reading weights (EMA preferred), strict loading with a one-line CheckpointError, teachers."""
 
 from __future__ import annotations
 
@@ -9,18 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from labeldistill.config import ExperimentConfig, TrainerConfig
-from labeldistill.errors import CheckpointError
-from labeldistill.training.checkpoints import (
+from labeldistill.checkpoint.weights import (
     compare_state,
-    last_checkpoint,
     load_teacher,
     load_weights,
     read_weights,
-    resolve_resume,
     save_safetensors,
 )
-from labeldistill.training.modules import STAGES, interleave
+from labeldistill.errors import CheckpointError
 
 
 def _net() -> nn.Module:
@@ -100,29 +95,3 @@ def test_teacher_loader_strips_prefix_and_freezes(tmp_path: Path) -> None:
     assert torch.all(teacher[0].weight == 3.0)
     assert not any(p.requires_grad for p in teacher.parameters())
     assert not teacher.training
-
-
-def test_resume_resolution(tmp_path: Path) -> None:
-    cfg = ExperimentConfig(name="exp", trainer=TrainerConfig(output_dir=str(tmp_path)))
-    assert resolve_resume(cfg, None) is None
-    with pytest.raises(CheckpointError, match="last.ckpt"):
-        resolve_resume(cfg, "last")
-    last = last_checkpoint(cfg)
-    assert last == tmp_path / "exp" / "checkpoints" / "last.ckpt"
-    last.parent.mkdir(parents=True)
-    last.write_bytes(b"x")
-    assert resolve_resume(cfg, "last") == last
-
-
-def test_interleave_restores_dataset_order_and_drops_padding() -> None:
-    # 5 items on 2 ranks: rank 0 gets 0, 2, 4; rank 1 gets 1, 3 and the padding item 0
-    assert interleave([[0, 2, 4], [1, 3, 0]], 5) == [0, 1, 2, 3, 4]
-    assert interleave([[0, 3], [1, 4], [2, 0]], 5) == [0, 1, 2, 3, 4]
-    with pytest.raises(RuntimeError):
-        interleave([[0, 2], [1]], 3)
-
-
-def test_stage_dispatch_table() -> None:
-    assert set(STAGES) >= {"student", "lidar_teacher"}
-    assert STAGES["student"].needs_depth and not STAGES["student"].needs_lidar
-    assert STAGES["lidar_teacher"].needs_lidar and not STAGES["lidar_teacher"].needs_depth

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from labeldistill.config import load_config
-from labeldistill.errors import CheckpointError
-from labeldistill.training.convert import (
-    build_stage_model,
+from labeldistill.checkpoint.convert import (
     convert_from_original,
     convert_to_original,
     from_original_state,
     read_original,
     to_original_state,
 )
+from labeldistill.config import load_config
+from labeldistill.errors import CheckpointError
+from labeldistill.models.build import build_stage_model
 
 # --------------------------------------------------------------------------------------------
 # METHOD.md 12.1, transcribed as data (4key R50 LabelDistill student). Keys relative to
@@ -298,7 +298,7 @@ def test_round_trip_files_tiny_student_outputs_identical(tmp_path):
     model = build_stage_model(cfg)
     _perturb_bn_stats(model)
     model.eval()
-    from labeldistill.training.checkpoints import read_weights, save_safetensors
+    from labeldistill.checkpoint.weights import read_weights, save_safetensors
 
     ours = tmp_path / "ours.safetensors"
     save_safetensors(ours, model.state_dict(), {"kind": "raw"})
@@ -359,7 +359,7 @@ def test_lidar_teacher_original_and_mmdet3d_files(tmp_path):
     assert read_original(tmp_path / "mmdet3d.pth").kind == "mmdet3d"
     report = convert_from_original(cfg, tmp_path / "mmdet3d.pth", tmp_path / "t2.safetensors")
     assert report.missing == [] and report.unmapped == [] and report.sparse_converted
-    from labeldistill.training.checkpoints import read_weights
+    from labeldistill.checkpoint.weights import read_weights
 
     state = read_weights(tmp_path / "t2.safetensors").state_dict
     for k, v in model.state_dict().items():
@@ -447,8 +447,8 @@ def test_stage2_label_encoder_file(tmp_path):
 
 
 def test_cli_convert_both_ways(tmp_path, capsys):
+    from labeldistill.checkpoint.weights import read_weights, save_safetensors
     from labeldistill.cli import main
-    from labeldistill.training.checkpoints import read_weights, save_safetensors
 
     cfg = load_config("labeldistill_tiny")
     model = build_stage_model(cfg)

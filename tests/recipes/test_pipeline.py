@@ -1,10 +1,9 @@
-"""``labeldistill pipeline`` orchestration (training/pipeline.py) with training and evaluation
-replaced by recorders: stage order, configs and overrides of a budget, teacher checkpoints
+"""``labeldistill pipeline`` orchestration (recipes/pipeline.py) with a recording stage runner
+injected (conftest.py): stage order, configs and overrides of a budget, teacher checkpoints
 handed to the later stages, reuse of finished stages, the table; CLI errors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,58 +11,20 @@ import torch
 
 from labeldistill.cli import main as cli_main
 from labeldistill.errors import ConfigError
-from labeldistill.training import backbone_pretrain, pipeline
-from labeldistill.training.pipeline import BUDGETS, StageResult, format_table, run_pipeline
-
-
-@pytest.fixture()
-def fake_runs(monkeypatch: pytest.MonkeyPatch):
-    """Replace train / evaluate: record the configs, write a last.ckpt, return metrics whose
-    mAP encodes the call order."""
-    from labeldistill.training import run
-    from labeldistill.training.checkpoints import last_checkpoint
-
-    calls: list = []
-
-    def fake_train(cfg, resume=None, overwrite=False):
-        calls.append(("train", cfg) if resume is None else ("resume", cfg, Path(resume)))
-        ckpt = last_checkpoint(cfg)
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"global_step": cfg.trainer.max_steps, "state_dict": {}}, ckpt)
-        return run.TrainResult(ckpt.parent.parent, ckpt, None)
-
-    def fake_evaluate(cfg, ckpt, out_dir=None):
-        calls.append(("eval", cfg))
-        metrics = {
-            "mAP": 0.1 * len(calls),
-            "NDS": 0.5,
-            "mATE": 0.3,
-            "mASE": 0.2,
-            "mAOE": 0.4,
-            "mAVE": 1.0,
-            "mAAE": 0.6,
-            "ap_by_distance": {"0-20": 0.25, "20-30": None, ">30": 0.125},
-        }
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
-        return metrics
-
-    def fake_pretrain(exp, out_dir, cfg, fresh=False, device="cpu"):
-        calls.append(("pretrain", exp, cfg))
-        path = Path(out_dir) / backbone_pretrain.BACKBONE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("backbone")
-        return backbone_pretrain.PretrainResult(path, {"train_seconds": 1.0})
-
-    monkeypatch.setattr(run, "train", fake_train)
-    monkeypatch.setattr(run, "evaluate", fake_evaluate)
-    monkeypatch.setattr(backbone_pretrain, "pretrain_backbone", fake_pretrain)
-    return calls
+from labeldistill.recipes import budgets, pipeline
+from labeldistill.recipes.budgets import BUDGETS
+from labeldistill.recipes.pipeline import StageResult, format_table, run_pipeline
+from labeldistill.training import backbone_pretrain
 
 
 def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> None:
     result = run_pipeline(
-        "/data/root", tmp_path, budget="tiny", seed=3, variants=("labeldistill", "label_only")
+        "/data/root",
+        tmp_path,
+        budget="tiny",
+        seed=3,
+        variants=("labeldistill", "label_only"),
+        runner=fake_runs.runner,
     )
     keys = [r.key for r in result.rows]
     assert keys == ["lidar_teacher", "label_encoder", "baseline", "labeldistill", "label_only"]
@@ -120,15 +81,21 @@ def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> 
 
 
 def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_path) -> None:
-    run_pipeline(None, tmp_path / "a", variants=(), baseline=False)
+    run_pipeline(None, tmp_path / "a", variants=(), baseline=False, runner=fake_runs.runner)
     assert len(fake_runs) == 4  # two trainings, two evaluations; no camera stage: no stage 0
-    again = run_pipeline(None, tmp_path / "a", variants=(), baseline=False)
+    again = run_pipeline(None, tmp_path / "a", variants=(), baseline=False, runner=fake_runs.runner)
     assert len(fake_runs) == 4 and [r.metrics["mAP"] for r in again.rows] == pytest.approx(
         [0.2, 0.4]
     )
     # another seed's students with the teachers of the first run: only the baseline trains
     run_pipeline(
-        None, tmp_path / "b", seed=1, variants=(), teacher_dir=tmp_path / "a", teacher_seed=0
+        None,
+        tmp_path / "b",
+        seed=1,
+        variants=(),
+        teacher_dir=tmp_path / "a",
+        teacher_seed=0,
+        runner=fake_runs.runner,
     )
     assert [c[1].name for c in fake_runs[4:] if c[0] == "train"] == ["bevdepth_tiny"]
     # stage 0 is a shared stage too: it goes beside the shared teachers
@@ -136,7 +103,9 @@ def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_pa
     assert len(pretrain) == 1 and pretrain[0][1].trainer.seed == 0
     # the shared stages alone (benchmarks/accuracy.py --shared-only, before parallel seeds)
     n = len(fake_runs)
-    shared = run_pipeline(None, tmp_path / "c", variants=(), baseline=False, backbone=True)
+    shared = run_pipeline(
+        None, tmp_path / "c", variants=(), baseline=False, backbone=True, runner=fake_runs.runner
+    )
     assert [c[0] for c in fake_runs[n:]] == ["train", "eval", "train", "eval", "pretrain"]
     assert shared.backbone is not None and [r.key for r in shared.rows] == [
         "lidar_teacher",
@@ -145,21 +114,29 @@ def test_finished_stages_are_reused_and_teachers_can_be_shared(fake_runs, tmp_pa
     # stage 0 alone (in its own process beside the teachers' under --jobs)
     n = len(fake_runs)
     alone = run_pipeline(
-        None, tmp_path / "d", variants=(), baseline=False, backbone=True, teachers=False
+        None,
+        tmp_path / "d",
+        variants=(),
+        baseline=False,
+        backbone=True,
+        teachers=False,
+        runner=fake_runs.runner,
     )
     assert [c[0] for c in fake_runs[n:]] == ["pretrain"] and alone.rows == []
     # --fresh retrains
     before = sum(1 for c in fake_runs if c[0] == "train")
-    run_pipeline(None, tmp_path / "a", variants=(), baseline=False, fresh=True)
+    run_pipeline(
+        None, tmp_path / "a", variants=(), baseline=False, fresh=True, runner=fake_runs.runner
+    )
     assert sum(1 for c in fake_runs if c[0] == "train") == before + 2
 
 
 def test_a_run_short_of_its_steps_is_continued_not_restarted(fake_runs, tmp_path) -> None:
-    run_pipeline(None, tmp_path, variants=(), baseline=False)
+    run_pipeline(None, tmp_path, variants=(), baseline=False, runner=fake_runs.runner)
     ckpt = tmp_path / "runs" / "centerpoint_tiny" / "checkpoints" / "last.ckpt"
     torch.save({"global_step": 40, "state_dict": {}}, ckpt)  # cut off after 40 of 100 steps
     n = len(fake_runs)
-    res = run_pipeline(None, tmp_path, variants=(), baseline=False)
+    res = run_pipeline(None, tmp_path, variants=(), baseline=False, runner=fake_runs.runner)
     new = fake_runs[n:]
     # the teacher resumes from its own last.ckpt and is evaluated again (its old metrics are
     # stale); the label encoder, finished, is reused as it is
@@ -169,13 +146,13 @@ def test_a_run_short_of_its_steps_is_continued_not_restarted(fake_runs, tmp_path
     # a checkpoint of the budget's length (or longer) is final
     torch.save({"global_step": 150, "state_dict": {}}, ckpt)
     n = len(fake_runs)
-    run_pipeline(None, tmp_path, variants=(), baseline=False)
+    run_pipeline(None, tmp_path, variants=(), baseline=False, runner=fake_runs.runner)
     assert fake_runs[n:] == []
 
 
 def test_checkpoint_step_needs_a_training_checkpoint(tmp_path: Path) -> None:
+    from labeldistill.checkpoint.weights import checkpoint_step
     from labeldistill.errors import CheckpointError
-    from labeldistill.training.checkpoints import checkpoint_step
 
     good = tmp_path / "good.ckpt"
     torch.save({"global_step": 7, "state_dict": {}}, good)
@@ -216,7 +193,7 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
         assert (cfg.optim.gamma, cfg.trainer.ema_decay) == (0.1, 0.99)
     teacher = pipeline.stage_config(bench, "lidar_teacher", None, tmp_path, 0, {})
     assert (teacher.trainer.max_steps, teacher.optim.milestones) == (600, (1000,))
-    assert pipeline.BENCH_DATA.train_scenes * pipeline.BENCH_DATA.samples_per_scene == 192 * 2
+    assert budgets.BENCH_DATA.train_scenes * budgets.BENCH_DATA.samples_per_scene == 192 * 2
     with pytest.raises(ConfigError, match="teachers=False runs stage 0 only"):
         run_pipeline(None, tmp_path, teachers=False)
     assert bench.data.overrides() == (
@@ -250,40 +227,3 @@ def test_table_rows_columns_and_bands() -> None:
         "| LabelDistill",
     ]
     assert lines[-1].endswith("| 0.5000 | 0.2500 | - | 0.0000 |")
-
-
-def test_demo_writes_pictures_and_scene_gif(
-    fake_runs, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """run_demo on an existing dataset (training faked; LabelDistill's 'predictions' are the
-    GT): GT sanity mAP 1, two prediction pictures and an animated GIF of the first val scene
-    with one frame per key sample."""
-    from PIL import Image
-
-    from labeldistill.data.infos import info_path, load_infos
-    from labeldistill.evaluation.results import gt_as_results, write_results
-    from labeldistill.training import run
-
-    record_eval = run.evaluate
-
-    def evaluate_with_results(cfg, ckpt, out_dir=None):  # noqa: ANN001, ANN202
-        metrics = record_eval(cfg, ckpt, out_dir)
-        results = gt_as_results(synthetic_root, "v1.0-mini", "mini_val")
-        write_results(Path(out_dir) / "results_nusc.json", results)
-        return metrics
-
-    monkeypatch.setattr(run, "evaluate", evaluate_with_results)
-    out = tmp_path / "demo"
-    out.mkdir()
-    (out / "data").symlink_to(synthetic_root, target_is_directory=True)
-    result = pipeline.run_demo(out)
-    assert result.gt_metrics["mAP"] == pytest.approx(1.0)
-    assert [r.key for r in result.pipeline.rows][-1] == "labeldistill"
-    assert len(result.pictures) == 2 and all(p.is_file() for p in result.pictures)
-    infos = load_infos(info_path(synthetic_root, "mini_val"))
-    first = infos[0]["scene_token"]
-    n_frames = sum(1 for i in infos if i["scene_token"] == first)
-    names = [p.name for p in result.scene_gifs]
-    assert names == ["scene_lidar_teacher.gif", "scene_labeldistill.gif"]
-    for path in result.scene_gifs:
-        assert path.parent == out / "pictures" and Image.open(path).n_frames == n_frames > 1

@@ -37,14 +37,24 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from labeldistill.checkpoint.weights import (
+    atomic_torch_save,
+    compare_state,
+    read_weights,
+    safe_torch_load,
+    save_safetensors,
+)
 from labeldistill.config import ExperimentConfig
-from labeldistill.errors import CheckpointError, ConfigError
-from labeldistill.io import atomic_torch_save
+from labeldistill.errors import CheckpointError
+from labeldistill.models.build import build_stage_model
+from labeldistill.models.label_encoder import LabelEncoder
+from labeldistill.models.lidar_teacher import LidarTeacher
+from labeldistill.models.student import BEVDepthStudent
 from labeldistill.ops.sparse_conv import convert_weight
 
 log = logging.getLogger(__name__)
@@ -63,41 +73,12 @@ SparseLayout = Literal["auto", "mmcv", "spconv2"]
 # --------------------------------------------------------------------------------------------
 
 
-def build_stage_model(cfg: ExperimentConfig) -> nn.Module:
-    """The network of ``cfg.stage`` exactly as the training module holds it (``self.model``)."""
-    from labeldistill.training.modules import stage_module_class
-
-    try:
-        cls = stage_module_class(cfg)
-    except ConfigError:
-        from labeldistill.models import build
-
-        builder = getattr(build, _STAGE_BUILDERS.get(cfg.stage, ""), None)
-        if builder is None:
-            raise
-        return builder(cfg)
-    return cls.build_model(cfg)
-
-
-#: The model builder of each stage (used when no training module is registered for it).
-_STAGE_BUILDERS = {
-    "student": "build_student",
-    "lidar_teacher": "build_lidar_teacher",
-    "label_encoder": "build_label_teacher",
-    "labeldistill": "build_labeldistill",
-}
-
-
 def prefix_rules(model: nn.Module) -> list[tuple[str, str]]:
     """(our prefix, original prefix) pairs of a stage model (METHOD.md 12).
 
     The camera student's modules sit at the top of the original model (``backbone``,
     ``head``), the LiDAR teacher under ``centerpoint``; everything else keeps its name.
     """
-    from labeldistill.models.label_encoder import LabelEncoder
-    from labeldistill.models.lidar_teacher import LidarTeacher
-    from labeldistill.models.student import BEVDepthStudent
-
     if isinstance(model, BEVDepthStudent):
         return [("", "")]
     if isinstance(model, LidarTeacher):
@@ -153,23 +134,6 @@ class OriginalFile:
     state_dict: dict[str, Tensor]
     kind: str
     skipped: list[str] = field(default_factory=list)  # entries that are not tensors
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)``; anything refused becomes a one-line CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found: check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every unpickling failure is a user error here
-        text = " ".join(str(exc).split())
-        reason = "it holds pickled objects other than tensors" if "weights_only" in text else text
-        raise CheckpointError(
-            f"checkpoint {path} refused ({reason[:200]}): only tensors and plain containers are "
-            "loaded; re-save just the state dict (torch.save({'state_dict': sd}, FILE)) from a "
-            "trusted environment"
-        ) from None
 
 
 def read_original(path: str | Path) -> OriginalFile:
@@ -329,8 +293,6 @@ def to_original_state(
     ``state`` must fit ``model`` exactly (CheckpointError otherwise). Sparse weights are written
     in ``layout`` ('mmcv' = the published [kD, kH, kW, in, out]; 'spconv2' = [out, kD, ...]).
     """
-    from labeldistill.training.checkpoints import compare_state
-
     report = compare_state(model, state)
     if not report.ok:
         detail = ""
@@ -368,8 +330,6 @@ def convert_from_original(
     allow_missing: bool = False,
 ) -> ConvertReport:
     """Original checkpoint ``src`` -> our safetensors ``out`` (stage-model keys) for ``cfg``."""
-    from labeldistill.training.checkpoints import save_safetensors
-
     original = read_original(src)
     model = build_stage_model(cfg)
     converted = from_original_state(
@@ -399,8 +359,6 @@ def convert_to_original(
 ) -> int:
     """Our checkpoint ``src`` (.ckpt / .safetensors) -> original-layout ``.pth`` ``out``
     (``{'state_dict': {'model.<...>': tensor}}``). Returns the number of tensors written."""
-    from labeldistill.training.checkpoints import read_weights
-
     weights = read_weights(src, prefer_ema=prefer_ema)
     model = build_stage_model(cfg)
     state = to_original_state(weights.state_dict, model, layout=layout)
@@ -415,11 +373,10 @@ def state_shapes(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 __all__: Iterable[str] = (
-    "build_stage_model",
-    "prefix_rules",
-    "read_original",
-    "from_original_state",
-    "to_original_state",
     "convert_from_original",
     "convert_to_original",
+    "from_original_state",
+    "prefix_rules",
+    "read_original",
+    "to_original_state",
 )

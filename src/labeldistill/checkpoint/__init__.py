@@ -1,0 +1,1 @@
+"""Weight files without Lightning: one reader for every format, conversion, pretrained init."""

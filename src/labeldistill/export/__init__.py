@@ -1,0 +1,1 @@
+"""Deployment of the camera student (ONNX)."""
