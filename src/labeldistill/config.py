@@ -461,7 +461,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             origin in (typing.Union, types.UnionType) and str in typing.get_args(tp)
         )
         value = str(value) if takes_str else value.number
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
         return from_dict(tp, value, path)

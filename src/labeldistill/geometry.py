@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def quaternion_to_matrix(q: Sequence[float]) -> np.ndarray:
+def quaternion_to_matrix(q: Sequence[float] | np.ndarray) -> np.ndarray:
     """Unit quaternion (w, x, y, z) -> 3x3 rotation matrix (normalises the input)."""
     w, x, y, z = (float(v) for v in q)
     n = math.sqrt(w * w + x * x + y * y + z * z)
@@ -51,7 +51,9 @@ def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
     return -qa if qa[0] < 0 else qa
 
 
-def quaternion_multiply(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+def quaternion_multiply(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """Hamilton product ``a * b`` of quaternions (w, x, y, z) -> [4]."""
     aw, ax, ay, az = (float(v) for v in a)
     bw, bx, by, bz = (float(v) for v in b)

@@ -84,7 +84,7 @@ def _to(value: Any, device: torch.device | str, non_blocking: bool = False) -> A
     if isinstance(value, tuple):
         return tuple(_to(v, device, non_blocking) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(value, "to"):
-        return value.to(device, non_blocking=non_blocking)  # type: ignore[attr-defined]
+        return value.to(device, non_blocking=non_blocking)
     return value
 
 

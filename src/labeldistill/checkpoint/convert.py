@@ -34,7 +34,6 @@ file holding any object other than tensors and plain containers is refused with 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -372,7 +371,7 @@ def state_shapes(state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-__all__: Iterable[str] = (
+__all__ = (
     "convert_from_original",
     "convert_to_original",
     "from_original_state",

@@ -38,7 +38,7 @@ def build_student(cfg: ExperimentConfig, *, exportable: bool = False) -> BEVDept
         cfg.student,
         cfg.grid,
         num_frames=cfg.num_frames,
-        image_size=tuple(cfg.data.image_size),
+        image_size=(cfg.data.image_size[0], cfg.data.image_size[1]),
         img_mean=cfg.data.img_mean,
         img_std=cfg.data.img_std,
         weights=cfg.distill,

@@ -7,12 +7,15 @@ published state-dict keys (METHOD.md 12) map one to one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
+M = TypeVar("M", bound=nn.Module)
 
-def freeze(module: nn.Module) -> nn.Module:
+
+def freeze(module: M) -> M:
     """``requires_grad_(False)`` and eval mode; the owner keeps it in eval across ``.train()``
     (a teacher: docs/deviations.md, quirk 6). Returns ``module``."""
     module.requires_grad_(False)

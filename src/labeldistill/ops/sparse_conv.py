@@ -55,7 +55,7 @@ def _triple(v: int | Sequence[int]) -> Int3:
     t = tuple(int(x) for x in v)
     if len(t) != 3:
         raise ValueError(f"expected an int or 3 ints, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def conv_output_shape(
@@ -281,14 +281,14 @@ class _SparseConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, features: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, features: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
         ctx.save_for_backward(features, weight)
         ctx.kmap = kmap
         return _gather_gemm_scatter(features, weight, kmap)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         features, weight = ctx.saved_tensors
         kmap: KernelMap = ctx.kmap
         grad_out = grad_out.contiguous()
@@ -409,7 +409,7 @@ def spconv_incompatibility(spconv_version: str, torch_version: str) -> str | Non
 def _installed_spconv_version() -> str | None:
     """Version of the installed ``spconv`` / ``spconv-cuXXX`` distribution, if any."""
     for dist in metadata.distributions():
-        name = str(dist.metadata.get("Name") or "").lower()
+        name = str(dist.metadata["Name"] or "").lower()
         if name == "spconv" or name.startswith("spconv-cu"):
             return str(dist.version)
     return None
@@ -425,8 +425,8 @@ def _import_spconv() -> Any:
         if reason:
             raise ImportError(reason)
     # optional here: spconv is an optional CUDA backend, and a bad version crashes at import
-    import spconv  # type: ignore[import-not-found]
-    import spconv.pytorch as sp  # type: ignore[import-not-found]  # optional here: as above
+    import spconv
+    import spconv.pytorch as sp  # optional here: as above
 
     version = str(getattr(spconv, "__version__", version or ""))
     reason = spconv_incompatibility(version, torch.__version__)
@@ -623,7 +623,7 @@ class _SparseConvBase(nn.Module):
         feats = out.features if self.bias is None else out.features + self.bias
         if self.subm:
             return x.replace_feature(feats)
-        y = SparseTensor(feats, out.indices.long(), tuple(out.spatial_shape), x.batch_size)  # type: ignore[arg-type]
+        y = SparseTensor(feats, out.indices.long(), tuple(out.spatial_shape), x.batch_size)
         y.cache["spconv_tensor"] = out
         return y
 
@@ -679,7 +679,7 @@ class SparseSequential(nn.Sequential):
     """Sequential over a :class:`SparseTensor`: sparse modules get the tensor, every other module
     (BatchNorm1d, ReLU, ...) is applied to its features [V, C]."""
 
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
+    def forward(self, x: SparseTensor) -> SparseTensor:
         for module in self:
             x = module(x) if is_sparse_module(module) else x.replace_feature(module(x.features))
         return x

@@ -57,7 +57,7 @@ class VoxelGrid:
         )
 
 
-def _float32(v: float) -> float:
+def _float32(v: float | np.floating) -> float:
     return float(np.float32(v))
 
 
@@ -187,7 +187,7 @@ class _SparseDenseMM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pattern: _Csr, vals: Tensor, dense: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, pattern: _Csr, vals: Tensor, dense: Tensor) -> Tensor:
         dtype = _compute_dtype(vals, dense)
         ctx.pattern = pattern
         ctx.in_dtypes = (vals.dtype, dense.dtype)
@@ -196,7 +196,7 @@ class _SparseDenseMM(torch.autograd.Function):
             return torch.sparse.mm(pattern.matrix(vals.to(dtype)), dense.to(dtype).contiguous())
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         vals, dense = ctx.saved_tensors
         pattern: _Csr = ctx.pattern
         dtype = _compute_dtype(vals, dense, grad_out)
@@ -273,12 +273,12 @@ class _ScatterAddRows(torch.autograd.Function):
     onnxruntime's ``ScatterND`` add is not thread-safe (:func:`voxel_pool_scatter`)."""
 
     @staticmethod
-    def forward(ctx: Any, base: Tensor, index: Tensor, updates: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, base: Tensor, index: Tensor, updates: Tensor) -> Tensor:
         ctx.save_for_backward(index)
         return base.index_put((index[:, 0],), updates, accumulate=True)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor):
         index = ctx.saved_tensors[0]
         return grad, None, grad.index_select(0, index[:, 0])
 

@@ -114,7 +114,7 @@ class StageDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: NuScenesDataset, train: bool) -> DataLoader:
         world, rank = self._world()
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[int] = DistributedSampler(
             dataset,
             num_replicas=world,
             rank=rank,

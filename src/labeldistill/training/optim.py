@@ -35,7 +35,8 @@ class ParamGroups:
 
 def split_param_groups(model: nn.Module) -> ParamGroups:
     """Trainable parameter names, split by the ``backbone`` substring of their full name."""
-    backbone, other = [], []
+    backbone: list[str] = []
+    other: list[str] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -226,7 +226,7 @@ def render_sample(
     for cam in CAMERAS:
         cam_info = info["cam_infos"][cam]
         img = load_image(dataroot / cam_info["filename"])
-        tile = img.resize((layout.tile_w, layout.tile_h), Image.BILINEAR)
+        tile = img.resize((layout.tile_w, layout.tile_h), Image.Resampling.BILINEAR)
         canvas.paste(tile, layout.camera_origin(cam))
         ox, oy = layout.camera_origin(cam)
         draw.text((ox + 4, oy + 2), cam, fill=(255, 255, 255))
