@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import typing
+
+from labeldistill.config import ExperimentConfig
 from labeldistill.models.build import STAGE_BUILDERS
 from labeldistill.training.stages import STAGES
 
@@ -14,3 +17,8 @@ def test_stage_dispatch_table() -> None:
 
 def test_every_builder_has_a_stage() -> None:
     assert set(STAGES) == set(STAGE_BUILDERS)
+
+
+def test_the_config_accepts_exactly_the_stages() -> None:
+    stage_type = typing.get_type_hints(ExperimentConfig)["stage"]
+    assert set(typing.get_args(stage_type)) == set(STAGES)

@@ -1,0 +1,1 @@
+"""training layer: Lightning only (stage module, stages, datamodule, optim, callbacks, run)."""
