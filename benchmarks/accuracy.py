@@ -66,8 +66,9 @@ def _mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {std:.4f}"
+    if len(values) == 1:
+        return f"{mean:.4f} (one seed)"  # no spread to show: not ± 0
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _per_seed(values: list[float]) -> str:

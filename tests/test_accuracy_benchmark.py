@@ -96,3 +96,10 @@ def test_parallel_tasks_pair_each_seed_distilled_rows_first(acc) -> None:
         (1, "lidar_only"),
         (1, "baseline"),
     ]
+
+
+def test_one_seed_shows_no_spread(acc) -> None:
+    """A single seed has no sample std: the table says so instead of printing ± 0."""
+    assert acc._mean_std([0.0246]) == "0.0246 (one seed)"
+    assert acc._mean_std([0.1, 0.3]) == "0.2000 ± 0.1414"
+    assert acc._mean_std([]) == "-"
