@@ -200,3 +200,22 @@ def test_checker_catches_a_violation(tmp_path: Path) -> None:
 def test_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test helpers live in conftest.py fixtures: no test file imports a sibling test module
+    (or a conftest) by name."""
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top.startswith("test_") or top in {"conftest", "tests"}:
+                    offenders.append(f"{path.relative_to(tests)}:{node.lineno} imports {name}")
+    assert not offenders, offenders

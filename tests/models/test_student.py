@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
-from test_view_transform import TINY_GRID, _inputs, tiny_student_config  # tests/models on sys.path
 
 from labeldistill.config import GridConfig, HeadConfig, StudentConfig
 from labeldistill.models.student import BEVDepthStudent, StudentHead
 from labeldistill.structures import StudentOutput
 
 
-def _tiny() -> BEVDepthStudent:
+@pytest.fixture
+def tiny(tiny_student_config, tiny_grid) -> BEVDepthStudent:
     cfg = tiny_student_config()
     cfg = StudentConfig(
         image_backbone=cfg.image_backbone,
@@ -24,12 +24,12 @@ def _tiny() -> BEVDepthStudent:
         bev_encoder=cfg.bev_encoder,
         head=HeadConfig(share_conv_channels=8, head_conv=8),
     )
-    return BEVDepthStudent(cfg, TINY_GRID, num_frames=2, image_size=(32, 96))
+    return BEVDepthStudent(cfg, tiny_grid, num_frames=2, image_size=(32, 96))
 
 
-def test_tiny_forward_losses_and_gradients() -> None:
-    model = _tiny().train()
-    imgs, e, k, ida, bda = _inputs(2, 2, 2)
+def test_tiny_forward_losses_and_gradients(tiny, camera_inputs) -> None:
+    model = tiny.train()
+    imgs, e, k, ida, bda = camera_inputs(2, 2, 2)
     out = model(imgs, e, k, ida, bda)
     assert isinstance(out, StudentOutput)
     assert len(out.head.tasks) == 6
@@ -69,9 +69,9 @@ def test_tiny_forward_losses_and_gradients() -> None:
     assert len(dets) == 2 and all(d.boxes.shape[1] == 9 for d in dets)
 
 
-def test_frame_count_is_checked() -> None:
-    model = _tiny()
-    imgs, e, k, ida, bda = _inputs(1, 3, 2)
+def test_frame_count_is_checked(tiny, camera_inputs) -> None:
+    model = tiny
+    imgs, e, k, ida, bda = camera_inputs(1, 3, 2)
     with pytest.raises(ValueError, match="2 frames"):
         model(imgs, e, k, ida, bda)
 
@@ -135,7 +135,7 @@ def test_published_state_dict_layout_2key() -> None:
 
 
 @pytest.mark.slow
-def test_paper_architecture_forward_backward_reduced_shape() -> None:
+def test_paper_architecture_forward_backward_reduced_shape(camera_inputs) -> None:
     """The paper's student (R50, DCN + ASPP, C = 150, 112 bins, 2 key frames = F 3, 450-channel
     BEV trunk) at a quarter of the image size (64 x 192) and a 64 x 64 grid of 1.6 m cells, batch 1:
     one training forward + backward on CPU. The full 256 x 704 / 128 x 128 step takes minutes on
@@ -143,7 +143,7 @@ def test_paper_architecture_forward_backward_reduced_shape() -> None:
     benchmarks/RESULTS.md)."""
     grid = GridConfig(x_bound=(-51.2, 51.2, 1.6), y_bound=(-51.2, 51.2, 1.6))
     model = BEVDepthStudent(StudentConfig(), grid, num_frames=3, image_size=(64, 192)).train()
-    imgs, e, k, ida, bda = _inputs(1, 3, 6, size=(64, 192))
+    imgs, e, k, ida, bda = camera_inputs(1, 3, 6, size=(64, 192))
     k[..., 0, 0] = k[..., 1, 1] = 140.0
     out = model(imgs, e, k, ida, bda)
     assert out.depth.shape == (6, 112, 4, 12)

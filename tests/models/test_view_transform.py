@@ -11,11 +11,7 @@ import pytest
 import torch
 
 from labeldistill.config import (
-    BevEncoderConfig,
-    DepthNetConfig,
     GridConfig,
-    ImageBackboneConfig,
-    ImageNeckConfig,
     StudentConfig,
     ViewTransformConfig,
 )
@@ -78,47 +74,13 @@ def test_geometry_by_hand() -> None:
     torch.testing.assert_close(geom[0, 0, 0, 0, 0], torch.tensor([-1.2, -5.0, 0.7]))
 
 
-def tiny_student_config(pool_impl: str = "fast") -> StudentConfig:
-    return StudentConfig(
-        image_backbone=ImageBackboneConfig(depth=18, pretrained=False),
-        image_neck=ImageNeckConfig(out_channels=(8, 8, 8, 8)),
-        depth_net=DepthNetConfig(mid_channels=16, dcn_groups=4),
-        view_transform=ViewTransformConfig(context_channels=6, pool_impl=pool_impl),
-        bev_encoder=BevEncoderConfig(base_channels=8, neck_out_channels=(8, 8, 8, 8)),
-    )
-
-
-TINY_GRID = GridConfig(
-    x_bound=(-25.6, 25.6, 1.6), y_bound=(-25.6, 25.6, 1.6), d_bound=(2.0, 34.0, 2.0)
-)
-
-
-def _inputs(b: int, f: int, n: int, size=(32, 96)):
-    gen = torch.Generator().manual_seed(0)
-    imgs = torch.randn(b, f, n, 3, *size, generator=gen)
-    e = torch.eye(4).repeat(b, f, n, 1, 1)
-    for cam in range(n):  # cameras around the car, looking outwards
-        yaw = 2 * math.pi * cam / n
-        c, s = math.cos(yaw), math.sin(yaw)
-        fwd = torch.tensor([c, s, 0.0])
-        right = torch.tensor([s, -c, 0.0])
-        down = torch.tensor([0.0, 0.0, -1.0])
-        e[:, :, cam, :3, :3] = torch.stack([right, down, fwd], dim=1)
-        e[:, :, cam, :3, 3] = torch.tensor([1.0, 0.0, 1.6])
-    e[:, 1:, :, 0, 3] -= 3.0  # previous frame: ego moved 3 m
-    k = torch.eye(4).repeat(b, f, n, 1, 1)
-    k[..., 0, 0] = k[..., 1, 1] = 80.0
-    k[..., 0, 2], k[..., 1, 2] = size[1] / 2, size[0] / 2
-    ida = torch.eye(4).repeat(b, f, n, 1, 1)
-    bda = torch.eye(4).repeat(b, 1, 1)
-    return imgs, e, k, ida, bda
-
-
-def test_lss_backbone_fast_equals_reference_and_frames() -> None:
-    fast = LSSBackbone(tiny_student_config("fast"), TINY_GRID, (32, 96)).eval()
-    ref = LSSBackbone(tiny_student_config("reference"), TINY_GRID, (32, 96)).eval()
+def test_lss_backbone_fast_equals_reference_and_frames(
+    tiny_student_config, tiny_grid, camera_inputs
+) -> None:
+    fast = LSSBackbone(tiny_student_config("fast"), tiny_grid, (32, 96)).eval()
+    ref = LSSBackbone(tiny_student_config("reference"), tiny_grid, (32, 96)).eval()
     ref.load_state_dict(fast.state_dict())
-    imgs, e, k, ida, bda = _inputs(2, 2, 2)
+    imgs, e, k, ida, bda = camera_inputs(2, 2, 2)
     out = fast(imgs, e, k, ida, bda)
     assert out.bev.shape == (2, 12, 32, 32)
     assert out.depth.shape == (4, 16, 2, 6)
@@ -137,9 +99,9 @@ def test_lss_backbone_fast_equals_reference_and_frames() -> None:
     assert not torch.allclose(bev1_own, bev1)  # frame-1 matrices differ: the quirk matters
 
 
-def test_previous_frames_carry_no_gradient() -> None:
-    model = LSSBackbone(tiny_student_config(), TINY_GRID, (32, 96)).train()
-    imgs, e, k, ida, bda = _inputs(1, 2, 2)
+def test_previous_frames_carry_no_gradient(tiny_student_config, tiny_grid, camera_inputs) -> None:
+    model = LSSBackbone(tiny_student_config(), tiny_grid, (32, 96)).train()
+    imgs, e, k, ida, bda = camera_inputs(1, 2, 2)
     out = model(imgs, e, k, ida, bda)
     out.bev[:, 6:].sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -258,7 +220,7 @@ def test_geometry_ignores_the_ambient_autocast(dtype: torch.dtype, precision: st
     assert torch.equal(mixed, plain)
 
 
-def test_geometry_precision_is_a_config_value() -> None:
+def test_geometry_precision_is_a_config_value(tiny_student_config, tiny_grid) -> None:
     from labeldistill.config import load_config
     from labeldistill.errors import ConfigError
 
@@ -275,12 +237,14 @@ def test_geometry_precision_is_a_config_value() -> None:
         cfg, view_transform=dataclasses.replace(cfg.view_transform, geometry_precision="bf16")
     )
     with pytest.raises(ConfigError, match="geometry_precision"):
-        LSSBackbone(bad, TINY_GRID, (32, 96))
-    assert LSSBackbone(cfg, TINY_GRID, (32, 96)).geometry_precision == "fp32"
+        LSSBackbone(bad, tiny_grid, (32, 96))
+    assert LSSBackbone(cfg, tiny_grid, (32, 96)).geometry_precision == "fp32"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16_faithful"])
-def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(precision: str) -> None:
+def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(
+    precision: str, tiny_student_config, tiny_grid, camera_inputs
+) -> None:
     # The backbone hands the pooling the geometry of its configured precision, bit-identical
     # to the one computed outside autocast, while the image network runs in bf16.
     cfg = tiny_student_config()
@@ -289,8 +253,8 @@ def test_lss_backbone_pools_on_the_configured_geometry_under_bf16_autocast(preci
         view_transform=dataclasses.replace(cfg.view_transform, geometry_precision=precision),
         depth_net=dataclasses.replace(cfg.depth_net, use_dcn=False),  # no bf16 DCN on CPU
     )
-    net = LSSBackbone(cfg, TINY_GRID, (32, 96)).eval()
-    imgs, e, k, ida, bda = _inputs(1, 1, 2)
+    net = LSSBackbone(cfg, tiny_grid, (32, 96)).eval()
+    imgs, e, k, ida, bda = camera_inputs(1, 1, 2)
     seen = []
 
     def pool(geom, depth, context, grid):
