@@ -828,14 +828,25 @@ def test_item12_empty_selections_are_errors(
 # ---------------------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_when(cmd: list[str], ready, log: Path, timeout: float = 300) -> tuple[int, str]:
-    """Start the CLI (stderr to ``log``), send SIGINT once ``ready(stderr so far)``."""
+    """Start the CLI (stderr to ``log``), send SIGINT once ``ready(stderr so far)``.
+
+    The child starts with SIGINT at its default disposition, as a process started from a
+    terminal does: a child inherits an *ignored* SIGINT from its parent, and Python then never
+    raises KeyboardInterrupt. (Lightning's Ctrl-C handler sets SIGINT to SIG_IGN in the process
+    it runs in and leaves it so; a test worker that ran such a shutdown in-process would pass
+    that on.)"""
     with open(log, "w") as err_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "labeldistill.cli", *map(str, cmd)],
             env=_env(),
             stdout=subprocess.DEVNULL,
             stderr=err_file,
+            preexec_fn=_default_sigint,
         )
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline and not ready(log.read_text()):
