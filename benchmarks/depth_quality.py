@@ -8,7 +8,7 @@ targets: min-pooled LiDAR depth at stride 16, METHOD.md 8.2) against that target
 
 * top-1 bin accuracy, and within +-1 bin;
 * mean absolute error of the expected depth sum_k p_k c_k (c_k: bin centres), in metres;
-* the same by target range (2-20, 20-30, 30-58 m: the distance bands of the devkit table);
+* the same by target range (the distance bands of the accuracy table, ``DISTANCE_BANDS``);
 * a depth-blind reference: the top-1 rate of always predicting the most frequent bin of the
   val targets themselves (an upper bound on what a net that ignores the image scores).
 
@@ -32,12 +32,10 @@ from torch import Tensor
 
 from labeldistill.checkpoint.weights import load_weights
 from labeldistill.config import load_config
+from labeldistill.evaluation.nuscenes_eval import DISTANCE_BANDS
 from labeldistill.models.depth_loss import NO_POINT, downsample_depth
 from labeldistill.training.datamodule import StageDataModule
 from labeldistill.training.stage_module import StageModule
-
-#: Target-depth ranges of the table (metres), the devkit distance bands of the accuracy table.
-RANGES = ((0.0, 20.0), (20.0, 30.0), (30.0, 1e4))
 
 
 @dataclass
@@ -54,7 +52,7 @@ class DepthStats:
     hist: Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.by_range = [[0, 0, 0, 0.0] for _ in RANGES]
+        self.by_range = [[0, 0, 0, 0.0] for _ in DISTANCE_BANDS]
         self.hist = torch.zeros(self.num_bins, dtype=torch.long)
 
     def add(self, probs: Tensor, target_m: Tensor, d_bound: tuple[float, float, float]) -> None:
@@ -71,7 +69,7 @@ class DepthStats:
         self.top1 += int(hit.sum())
         self.near += int(near.sum())
         self.abs_err += float(err.sum())
-        for row, (lo, hi) in zip(self.by_range, RANGES, strict=True):
+        for row, (_, lo, hi) in zip(self.by_range, DISTANCE_BANDS, strict=True):
             m = (target_m >= lo) & (target_m < hi)
             row[0] += int(m.sum())
             row[1] += int(hit[m].sum())
@@ -86,8 +84,8 @@ class DepthStats:
             return {"cells": n, "top1": top1 / d, "within_1_bin": near / d, "mae_m": err / d}
 
         out: dict[str, object] = {"all": rates(self.n, self.top1, self.near, self.abs_err)}
-        for (lo, hi), row in zip(RANGES, self.by_range, strict=True):
-            out[f"{lo:.0f}-{hi:.0f}" if hi < 1e4 else f">{lo:.0f}"] = rates(*row)
+        for (name, _, _), row in zip(DISTANCE_BANDS, self.by_range, strict=True):
+            out[name] = rates(*row)
         return out
 
 

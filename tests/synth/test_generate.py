@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from labeldistill.errors import UserError
-from labeldistill.nuscenes_schema import MINI_SCENES, TABLES
+from labeldistill.nuscenes_schema import CAMERA_CHANNELS, MINI_SCENES, TABLES
 from labeldistill.structures import CLASSES
 from labeldistill.synth import world as W
 from labeldistill.synth.camera import render_camera
@@ -158,14 +158,7 @@ def test_projected_corners_of_visible_boxes_fall_inside_an_image(nusc) -> None:
     checked = 0
     for sample in nusc.sample[:8]:
         in_some_image: set[str] = set()
-        for cam in (
-            "CAM_FRONT",
-            "CAM_FRONT_RIGHT",
-            "CAM_BACK_RIGHT",
-            "CAM_BACK",
-            "CAM_BACK_LEFT",
-            "CAM_FRONT_LEFT",
-        ):
+        for cam in CAMERA_CHANNELS:
             _, boxes, _ = nusc.get_sample_data(sample["data"][cam], box_vis_level=BoxVisibility.ANY)
             in_some_image |= {b.token for b in boxes}
         for tok in sample["anns"]:
