@@ -282,6 +282,9 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # "ddp" for multi-GPU / multi-node
     precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
+    # Convolution weights and activations in NHWC (``torch.channels_last``): oneDNN's fast path
+    # on CPU (with bf16-mixed: AMX) and tensor cores on CUDA; the math is unchanged.
+    channels_last: bool = False
     ema: bool = True
     ema_decay: float = 0.999
     ema_warmup_steps: int = 0  # > 0: decay * (1 - exp(-n / warmup)) at update n; 0: paper

@@ -23,6 +23,17 @@ def freeze(module: M) -> M:
     return module
 
 
+def to_channels_last(module: M) -> M:
+    """Every 2D (transposed) convolution weight of ``module`` in NHWC memory format
+    (``torch.channels_last``), in place; other tensors (the sparse encoder's 5D kernels, linear
+    layers, buffers) are left alone. Values are unchanged; convolutions fed an NHWC weight
+    compute and return NHWC (oneDNN's fast layout on CPU, tensor cores on CUDA)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.to(memory_format=torch.channels_last)
+    return module
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block (mmdet naming): conv3x3-BN-ReLU-conv3x3-BN + shortcut, ReLU.
 

@@ -30,6 +30,7 @@ from labeldistill.config import ExperimentConfig
 from labeldistill.evaluation.nuscenes_eval import evaluate_detections
 from labeldistill.io import atomic_write_text
 from labeldistill.models.build import build_stage_model
+from labeldistill.models.common import to_channels_last
 from labeldistill.structures import Batch, Detections, LossDict, SampleMeta
 from labeldistill.training.optim import build_optimizer, build_scheduler
 from labeldistill.training.run_dir import RunDir
@@ -107,6 +108,8 @@ class StageModule(L.LightningModule):
         self.needs_images = self.stage.needs_images
         self.eval_needs_lidar = self.stage.eval_needs_lidar
         self.model = build_stage_model(cfg)
+        if cfg.trainer.channels_last:  # NHWC convolutions (trainer.channels_last)
+            to_channels_last(self.model)
         self._records: list[Record] = []
         self.gathered: list[Record] = []
         self.eval_dataset_len: int | None = None
