@@ -281,7 +281,9 @@ class TrainerConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"  # "ddp" for multi-GPU / multi-node
-    precision: str = "auto"  # auto: 16-mixed on CUDA, 32 on CPU
+    # auto: 16-mixed on CUDA, 32 on CPU; fast: 16-mixed on CUDA, bf16-mixed on a CPU with
+    # native bf16 (AMX / AVX512-BF16), else 32; or any Lightning precision ("bf16-mixed", ...)
+    precision: str = "auto"
     # Convolution weights and activations in NHWC (``torch.channels_last``): oneDNN's fast path
     # on CPU (with bf16-mixed: AMX) and tensor cores on CUDA; the math is unchanged.
     channels_last: bool = False

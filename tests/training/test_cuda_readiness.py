@@ -162,3 +162,20 @@ def test_channels_last_keeps_the_math_and_bf16_mixed_stays_close(
         bf16 = nhwc.compute_losses(batch).total.float()
     assert torch.isfinite(bf16)
     assert abs(float(bf16) - float(losses[0])) <= 0.05 * abs(float(losses[0]))
+
+
+def test_fast_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch) -> None:
+    """``trainer.precision=fast``: fp16 mixed on CUDA, bf16 mixed on a CPU with native bf16,
+    float32 elsewhere (emulated bf16 is slower than float32); ``auto`` stays float32 on CPU."""
+    fast_cpu = load_config("bevdepth_tiny", ["trainer.precision=fast", "trainer.accelerator=cpu"])
+    fast_gpu = load_config("bevdepth_tiny", ["trainer.precision=fast", "trainer.accelerator=gpu"])
+    auto_cpu = load_config("bevdepth_tiny", ["trainer.accelerator=cpu"])
+    assert isinstance(run.cpu_has_native_bf16(), bool)
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: True)
+    assert run.resolve_precision(fast_cpu) == "bf16-mixed"
+    assert run.resolve_precision(fast_gpu) == "16-mixed"
+    assert run.resolve_precision(auto_cpu) == "32-true"
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: False)
+    assert run.resolve_precision(fast_cpu) == "32-true"
+    explicit = load_config("bevdepth_tiny", ["trainer.precision=bf16-mixed"])
+    assert run.resolve_precision(explicit) == "bf16-mixed"

@@ -84,11 +84,23 @@ def uses_cuda(cfg: ExperimentConfig) -> bool:
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX tiles or AVX512-BF16), where CPU bf16
+    autocast is fast; elsewhere oneDNN emulates it, slower than float32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def resolve_precision(cfg: ExperimentConfig) -> str:
-    """``trainer.precision``; ``auto`` -> ``16-mixed`` on CUDA, ``32-true`` otherwise."""
-    if cfg.trainer.precision != "auto":
-        return cfg.trainer.precision
-    return "16-mixed" if uses_cuda(cfg) else "32-true"
+    """``trainer.precision``; ``auto`` -> ``16-mixed`` on CUDA, ``32-true`` otherwise; ``fast``
+    -> ``16-mixed`` on CUDA, ``bf16-mixed`` on a CPU with native bf16
+    (:func:`cpu_has_native_bf16`), ``32-true`` otherwise."""
+    precision = cfg.trainer.precision
+    if precision not in ("auto", "fast"):
+        return precision
+    if uses_cuda(cfg):
+        return "16-mixed"
+    return "bf16-mixed" if precision == "fast" and cpu_has_native_bf16() else "32-true"
 
 
 def resolve_strategy(cfg: ExperimentConfig) -> Any:
