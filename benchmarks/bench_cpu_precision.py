@@ -8,12 +8,12 @@ precision x memory format, interleaved in one process (issue 10, lever 5: CPU sp
 Settings: ``fp32`` (float32, NCHW: the default), ``fp32_nhwc`` (``trainer.channels_last``),
 ``bf16`` (CPU autocast to bfloat16, what ``trainer.precision=bf16-mixed`` runs) and
 ``bf16_nhwc`` (both). One step = forward, the stage's weighted losses, backward, on one real
-batch of the prepared set (the bench budget's camera overrides: key frame only, the ResNet
-frozen; ``--set`` adds overrides, e.g. the stride-8 student). All four modules share the same
-weights; the settings run in alternation (A, B, C, D, A, ...) after one warm-up each, so the
-load of a shared machine hits all alike; reported: median seconds per step, speed-up against
-``fp32``, and the loss of each setting relative to ``fp32`` (the numerics' price).
-LabelDistill configs run their two teachers at random init (the cost is the same).
+batch of the prepared set (:data:`BENCH_CAMERA`: key frame only, the ResNet frozen; ``--set``
+adds overrides, e.g. the stride-8 student of the current bench budget). All four modules
+share the same weights; the settings run in alternation (A, B, C, D, A, ...) after one
+warm-up each, so the load of a shared machine hits all alike; reported: median seconds per
+step, speed-up against ``fp32``, and the loss of each setting relative to ``fp32`` (the
+numerics' price). LabelDistill configs run their two teachers at random init (the cost is the same).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ SETTINGS = {
     "bf16": (False, True),
     "bf16_nhwc": (True, True),
 }
-#: The bench budget's overrides shared by every camera student (recipes.budgets).
+#: The camera overrides of the bench budget of 2026-12-03 (key frame, key scan, frozen ResNet;
+#: image features at stride 16: the figures of RESULTS.md); the current budget's stride 8 is
+#: ``--set student.view_transform.downsample=8 --set student.image_neck.upsample_strides=...``.
 BENCH_CAMERA = (
     "data.key_idxes=[]",
     "data.lidar_sweeps=0",

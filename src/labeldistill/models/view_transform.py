@@ -181,9 +181,9 @@ class LSSBackbone(nn.Module):
         feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))
         out = self.depth_net(feats, cam)
         # softmax in float32 whatever the autocast: CUDA autocast runs softmax in fp32, CPU bf16
-        # autocast does not, and bf16 probabilities saturate at exactly 1.0 / 0.0, where the
-        # depth loss's log is clamped and its gradient vanishes (measured: a bench student's
-        # depth loss rose from 6 to 20-30 after 1800 steps and its mAP fell to 0.003)
+        # autocast does not, and bf16 probabilities round to exactly 1.0 / 0.0, where the depth
+        # loss's log is clamped and its gradient vanishes (found with a bench student whose
+        # depth loss diverged under bf16; benchmarks/RESULTS.md, 2026-12-04)
         depth = out.depth_logits.float().softmax(dim=1)
         geom = frustum_geometry(
             self.frustum, *mats, bda, precision=self.geometry_precision, inverse=self.inverse
