@@ -16,6 +16,7 @@ students of the same length, all CPU-sized). Stage 0 and the two teachers are tr
 
 Main comparison:  .venv/bin/python benchmarks/accuracy.py
 Ablations:        .venv/bin/python benchmarks/accuracy.py --ablations --no-main
+Extra row:        .venv/bin/python benchmarks/accuracy.py --variant lidar_s0_detached --no-main
 Another set:      .venv/bin/python benchmarks/accuracy.py --data-seed 1 --samples-per-scene 16
 
 Every finished stage is reused (the table is assembled from what is on disk): an interrupted
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 import yaml
 
-from labeldistill.recipes.budgets import BUDGETS
+from labeldistill.recipes.budgets import BUDGETS, VARIANTS
 from labeldistill.recipes.demo import ensure_synthetic
 from labeldistill.recipes.pipeline import ROW_NAMES, PipelineResult, run_pipeline
 
@@ -53,6 +54,7 @@ ROWS = (
     "label_only",
     "no_partition",
     "labeldistill",
+    "lidar_s0_detached",
 )
 CAMERA_ROWS = ROWS[2:]
 TP = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
@@ -126,7 +128,7 @@ def tables(per: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list[i
     lines += ["", "Difference to the baseline, paired by seed (mean ± std of the differences):", ""]
     lines.append("| model | ΔmAP | ΔNDS | ΔmAP >30 m |")
     lines.append("|---|---|---|---|")
-    for key in ("lidar_only", "label_only", "no_partition", "labeldistill"):
+    for key in ("lidar_only", "label_only", "no_partition", "labeldistill", "lidar_s0_detached"):
         both = [s for s in paired if s in per[key]]
         if not both:
             continue
@@ -227,6 +229,13 @@ def main() -> int:
         "--ablations", action="store_true", help="also LiDAR-only, label-only, no-partition"
     )
     p.add_argument("--no-main", action="store_true", help="with --ablations: only the ablations")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        choices=[v for v in VARIANTS if v != "labeldistill" and v not in ABLATIONS],
+        help="an extra LabelDistill row (repeatable): lidar_s0_detached",
+    )
     p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     p.add_argument(
         "--shared-only",
@@ -256,6 +265,7 @@ def main() -> int:
     variants: list[str] = [] if args.no_main else ["labeldistill"]
     if args.ablations:
         variants += list(ABLATIONS)
+    variants += args.variant
     extra = [f"data.num_workers={args.workers}"] if args.workers is not None else []
     set_dir = out / f"{args.budget}-data{data_seed}-sps{sps}"
 

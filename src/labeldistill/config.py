@@ -255,6 +255,13 @@ class DistillConfig:
     lidar_feat_weight: float = 0.3
     label_feat_weight: float = 0.3
     response_weight: float = 1.0
+    # False: the LiDAR slice of S0 (the BEV input) is detached before its adaptor, so the
+    # level-0 LiDAR feature loss trains the adaptor only. That is what the published layouts do
+    # implicitly (2key / 4key: the slice holds past frames computed under no_grad, METHOD.md 7);
+    # with the key frame only (F = 1) the slice is the current frame's and, left True, the
+    # level-0 LiDAR loss trains the image network too (docs/deviations.md, "5, 7 (F = 1)").
+    # A no-op for the paper configs; no effect with partition "none".
+    lidar_level0_grad: bool = True
     lidar_ckpt: str | None = None  # stage-1 checkpoint
     label_ckpt: str | None = None  # stage-2 checkpoint
 

@@ -138,6 +138,46 @@ def test_free_third_gets_no_distillation_gradient_and_adaptors_do(setup) -> None
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
+def test_lidar_level0_grad_off_detaches_the_lidar_slice_of_s0_only(
+    setup, synthetic_root: Path
+) -> None:
+    """``distill.lidar_level0_grad=false`` (the 2key gradient topology at any F): same loss
+    values; the level-0 LiDAR loss no longer reaches S0 but still trains its adaptor; the
+    label slice and the level-1 LiDAR loss are untouched."""
+    cfg0, model0, batch = setup
+    cfg = _cfg(synthetic_root, "distill.lidar_level0_grad=false")
+    model = build_labeldistill(cfg)
+    model.load_state_dict(model0.state_dict())
+    model.train()
+    model0 = copy.deepcopy(model0)
+    model0.train()
+    grads = {}
+    for name, m in (("on", model0), ("off", model)):
+        torch.manual_seed(0)
+        out, targets = _forward(m, cfg, batch)
+        s0, s1 = out.student.distill_feats
+        soft0, soft1 = heatmap_weights(targets, binary=False)
+        bin0, _ = heatmap_weights(targets, binary=True)
+        lidar0 = weighted_feature_loss(out.lidar.feats[0], out.lidar_adapted[0], soft0)
+        lidar1 = weighted_feature_loss(out.lidar.feats[1], out.lidar_adapted[1], soft1)
+        label0 = weighted_feature_loss(out.label_feats[0], out.label_adapted[0], bin0)
+        (g_lidar0,) = torch.autograd.grad(lidar0, [s0], retain_graph=True, allow_unused=True)
+        (g_label0,) = torch.autograd.grad(label0, [s0], retain_graph=True)
+        (g_lidar1,) = torch.autograd.grad(lidar1, [s1], retain_graph=True)
+        adaptor0 = list(m.distill_encoder_lidar.blocks[0].parameters())
+        g_adaptor = torch.autograd.grad(lidar0, adaptor0)
+        grads[name] = (lidar0.item(), g_lidar0, g_label0, g_lidar1, g_adaptor)
+    on, off = grads["on"], grads["off"]
+    assert off[0] == pytest.approx(on[0], rel=1e-6)  # the loss value does not change
+    assert on[1] is not None and on[1].abs().sum() > 0  # F = 2 here: the slice spans frame t
+    assert off[1] is None or torch.count_nonzero(off[1]) == 0
+    torch.testing.assert_close(off[2], on[2])  # label slice: unchanged
+    torch.testing.assert_close(off[3], on[3])  # level 1: unchanged
+    for a, b in zip(off[4], on[4]):  # the adaptor learns as before
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b)
+
+
 def test_no_partition_sends_every_channel_to_both_adaptors(setup, synthetic_root: Path) -> None:
     cfg0, _, batch = setup
     cfg = _cfg(synthetic_root, "distill.partition=none")

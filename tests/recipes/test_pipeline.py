@@ -4,6 +4,7 @@ handed to the later stages, reuse of finished stages, the table; CLI errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,12 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
         assert cfg.student.view_transform.downsample == 8
         assert cfg.student.image_neck.upsample_strides == (0.5, 1.0, 2.0, 4.0)
         assert (cfg.trainer.precision, cfg.trainer.channels_last) == ("fast", True)
+    # lidar_s0_detached = labeldistill with the LiDAR slice of S0 detached, in its own run dir
+    ld = pipeline.stage_config(bench, "labeldistill", None, tmp_path, 0, {})
+    det = pipeline.stage_config(bench, "lidar_s0_detached", None, tmp_path, 0, {})
+    assert (ld.distill.lidar_level0_grad, det.distill.lidar_level0_grad) == (True, False)
+    assert det.name != ld.name
+    assert replace(det, name=ld.name, distill=ld.distill) == ld
     teacher = pipeline.stage_config(bench, "lidar_teacher", None, tmp_path, 0, {})
     assert (teacher.trainer.max_steps, teacher.optim.milestones) == (600, (1000,))
     assert budgets.BENCH_DATA.train_scenes * budgets.BENCH_DATA.samples_per_scene == 192 * 2

@@ -122,9 +122,10 @@ class LabelDistill(nn.Module):
             with torch.no_grad():
                 result.lidar = self.lidar_teacher(lidar_points)
             assert self.distill_encoder_lidar is not None
-            result.lidar_adapted = self.distill_encoder_lidar(
-                (s0[:, lidar_sl[0]], s1[:, lidar_sl[1]])
-            )
+            s0_lidar = s0[:, lidar_sl[0]]
+            if not self.cfg.lidar_level0_grad and self.cfg.partition == "thirds":
+                s0_lidar = s0_lidar.detach()  # the 2key / 4key topology at any F (cfg doc)
+            result.lidar_adapted = self.distill_encoder_lidar((s0_lidar, s1[:, lidar_sl[1]]))
         if self.label_encoder is not None:
             if label_maps is None:
                 raise ValueError("the label teacher needs label_maps")

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-#: The LabelDistill variants a pipeline can train beside the baseline.
-VARIANTS = ("labeldistill", "lidar_only", "label_only", "no_partition")
+#: The LabelDistill variants a pipeline can train beside the baseline: the method, its three
+#: ablations, and (CPU budgets) the method with the LiDAR slice of S0 detached
+#: (``distill.lidar_level0_grad=false``: the 2key gradient topology at F = 1).
+VARIANTS = ("labeldistill", "lidar_only", "label_only", "no_partition", "lidar_s0_detached")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,15 @@ def _cpu_budget(
         "lidar_only": ("labeldistill_tiny_lidar_only", cam + lidar),
         "label_only": ("labeldistill_tiny_label_only", cam),
         "no_partition": ("labeldistill_tiny_no_partition", cam + lidar),
+        "lidar_s0_detached": (
+            "labeldistill_tiny",
+            (
+                *cam,
+                *lidar,
+                "name=labeldistill_tiny_lidar_s0_detached",
+                "distill.lidar_level0_grad=false",
+            ),
+        ),
     }
     plans = {
         "lidar_teacher": StagePlan("centerpoint_tiny", _short(teacher, decay, *lidar)),

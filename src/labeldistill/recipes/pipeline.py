@@ -46,6 +46,7 @@ ROW_NAMES: dict[str, str] = {
     "label_only": "label teacher only",
     "no_partition": "no partitioning",
     "labeldistill": "LabelDistill",
+    "lidar_s0_detached": "LabelDistill, LiDAR S0 slice detached",
 }
 
 
