@@ -18,6 +18,12 @@ Main comparison:  .venv/bin/python benchmarks/accuracy.py
 Ablations:        .venv/bin/python benchmarks/accuracy.py --ablations --no-main
 Extra row:        .venv/bin/python benchmarks/accuracy.py --variant lidar_s0_detached --no-main
 Another set:      .venv/bin/python benchmarks/accuracy.py --data-seed 1 --samples-per-scene 16
+Recorded runs:    .venv/bin/python benchmarks/accuracy.py --recorded A.json B.json --out DIR
+
+Every run also writes ``<out>/<budget>-data<seed>-sps<n>/accuracy.json`` (per-seed metrics and
+learning curves); ``--recorded`` merges such files (later files add rows and seeds) into one
+set of tables and one picture without training anything: the runs of several sessions, or the
+files kept in ``benchmarks/recorded/``.
 
 Every finished stage is reused (the table is assembled from what is on disk): an interrupted
 run is resumed by running the same command again (a student cut off mid-run continues from its
@@ -101,7 +107,7 @@ def tables(per: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list[i
         if not ms:
             continue
         cells = [_mean_std([m["mAP"] for m in ms]), _mean_std([m["NDS"] for m in ms])]
-        cells += [_mean_std([m[t] for m in ms]) for t in TP]
+        cells += [_mean_std([m[t] for m in ms if m.get(t) is not None]) for t in TP]
         lines.append(f"| {ROW_NAMES[key]} | " + " | ".join(cells) + f" | {len(ms)} |")
     lines += ["", "Per seed (mAP; NDS):", "", "| model | mAP per seed | NDS per seed |"]
     lines.append("|---|---|---|")
@@ -172,42 +178,99 @@ def learning_curves(results: dict[int, PipelineResult]) -> dict[str, dict[int, l
     return curves
 
 
-def plot_curves(curves: dict[str, dict[int, list[list[float]]]], path: Path) -> Path | None:
-    """PNG: val mAP and NDS against steps, baseline vs LabelDistill (thin lines: seeds; thick:
-    their mean at the common steps)."""
+#: Colours of the learning-curve picture, one per camera row.
+COLORS = {
+    "baseline": "tab:blue",
+    "labeldistill": "tab:red",
+    "lidar_only": "tab:orange",
+    "label_only": "tab:green",
+    "no_partition": "tab:purple",
+    "lidar_s0_detached": "tab:brown",
+}
+
+
+def plot_curves(curves: dict[str, dict[int, list[list[Any]]]], path: Path) -> Path | None:
+    """PNG: val mAP and NDS against steps for every camera row in ``curves`` (thin lines: seeds;
+    thick: their mean at the steps every seed has a value for). A value may be ``None`` (not
+    recorded): it is left out of its seed's line and of the mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("baseline", "labeldistill") if k in curves]
+    keys = [k for k in CAMERA_ROWS if curves.get(k)]
     if not keys:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    colors = {"baseline": "tab:blue", "labeldistill": "tab:red"}
     for ax, idx, label in ((axes[0], 1, "val mAP"), (axes[1], 2, "val NDS")):
         for key in keys:
-            per_seed = curves[key]
-            for pts in per_seed.values():
-                ax.plot([p[0] for p in pts], [p[idx] for p in pts], color=colors[key], alpha=0.3)
-            steps = sorted(set.intersection(*[{p[0] for p in pts} for pts in per_seed.values()]))
-            mean = [
-                statistics.fmean(
-                    next(p[idx] for p in pts if p[0] == s) for pts in per_seed.values()
-                )
-                for s in steps
+            per_seed = [
+                {p[0]: p[idx] for p in pts if p[idx] is not None} for pts in curves[key].values()
             ]
-            ax.plot(steps, mean, color=colors[key], lw=2.5, marker="o", label=ROW_NAMES[key])
+            for pts in per_seed:
+                steps = sorted(pts)
+                ax.plot(steps, [pts[s] for s in steps], color=COLORS[key], alpha=0.3, marker=".")
+            common = sorted(set.intersection(*[set(pts) for pts in per_seed]))
+            mean = [statistics.fmean(pts[s] for pts in per_seed) for s in common]
+            n = len(per_seed)
+            ax.plot(
+                common,
+                mean,
+                color=COLORS[key],
+                lw=2.5,
+                marker="o",
+                label=f"{ROW_NAMES[key]} ({n} seed{'s' if n > 1 else ''})",
+            )
         ax.set_xlabel("training steps (batch 2)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Synthetic benchmark: baseline vs LabelDistill (thin: seeds, thick: mean)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Synthetic benchmark, val split (thin: seeds, thick: mean over seeds)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def write_record(path: Path, budget: str, per: dict, curves: dict, **info: Any) -> Path:
+    """``accuracy.json``: the per-seed metrics (row -> seed -> metrics) and learning curves
+    (row -> seed -> [[step, mAP, NDS], ...]) of a run, with ``info`` (command, date, ...)."""
+    per = {k: v for k, v in per.items() if v}
+    record = {"budget": budget, "info": info, "metrics": per, "curves": curves}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def merge_records(paths: Sequence[Path]) -> tuple[str, dict, dict]:
+    """(budget, metrics, curves) of several ``accuracy.json`` files, seeds as ints; a later file
+    adds rows and seeds and replaces the (row, seed) entries it has too. Files of different
+    budgets do not merge."""
+    budget = ""
+    per: dict[str, dict[int, dict[str, Any]]] = {k: {} for k in ROWS}
+    curves: dict[str, dict[int, list[list[Any]]]] = {}
+    for path in paths:
+        try:
+            record = json.loads(Path(path).read_text())
+            this = record["budget"]
+            metrics, its_curves = record["metrics"], record["curves"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"error: {path} is not an accuracy.json record ({err})") from None
+        if budget and this != budget:
+            raise SystemExit(f"error: {path} is of budget {this}, the others of {budget}")
+        budget = this
+        for key, seeds in metrics.items():
+            if key not in per:
+                raise SystemExit(f"error: {path}: unknown row '{key}' (rows: {', '.join(ROWS)})")
+            per[key].update({int(s): m for s, m in seeds.items()})
+        for key, seeds in its_curves.items():
+            curves.setdefault(key, {}).update({int(s): pts for s, pts in seeds.items()})
+    return budget, per, curves
+
+
+def recorded_seeds(per: dict[str, dict[int, Any]]) -> list[int]:
+    """Every student seed of a merged record (the camera rows' seeds, sorted)."""
+    return sorted({s for key in CAMERA_ROWS for s in per.get(key, {})})
 
 
 def parallel_tasks(seeds: Sequence[int], variants: Sequence[str]) -> list[tuple[int, str]]:
@@ -245,8 +308,26 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one task of --jobs
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of every stage")
+    p.add_argument(
+        "--recorded",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="train nothing: the tables and picture of these accuracy.json files, into --out",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.recorded is not None:
+        budget_name, per, curves = merge_records(args.recorded)
+        text = tables(per, budget_name, recorded_seeds(per))
+        png = plot_curves(curves, Path(args.out) / "learning_curves.png")
+        text += f"\n\nFrom: {', '.join(str(f) for f in args.recorded)}"
+        text += f"\nLearning curves: {png}" if png is not None else ""
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "accuracy.md").write_text(text + "\n")
+        print(text)
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     budget = BUDGETS[args.budget]
@@ -353,6 +434,17 @@ def main() -> int:
         )
     curves = learning_curves(results)
     (set_dir / "learning_curves.json").write_text(json.dumps(curves, indent=1))
+    write_record(
+        set_dir / "accuracy.json",
+        args.budget,
+        per,
+        curves,
+        command=" ".join(sys.argv),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
+        data_seed=data_seed,
+        samples_per_scene=sps,
+        teacher_seed=args.teacher_seed,
+    )
     png = plot_curves(curves, set_dir / "learning_curves.png")
     minutes = (time.time() - start) / 60
     text += (

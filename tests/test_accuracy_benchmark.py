@@ -103,3 +103,51 @@ def test_one_seed_shows_no_spread(acc) -> None:
     assert acc._mean_std([0.0246]) == "0.0246 (one seed)"
     assert acc._mean_std([0.1, 0.3]) == "0.2000 ± 0.1414"
     assert acc._mean_std([]) == "-"
+
+
+def test_records_round_trip_merge_and_missing_values(acc, tmp_path: Path) -> None:
+    """accuracy.json of two runs (seeds 0-1 main rows; seed 0 of an ablation and a better
+    teacher row) merge into the tables of all of them; a curve value not recorded (None) is
+    left out of the picture, not drawn as 0."""
+    results = _results(tmp_path)
+    per = acc.collect({s: results[s] for s in (0, 1)})
+    curves = acc.learning_curves({s: results[s] for s in (0, 1)})
+    curves["baseline"][1][0][2] = None  # NDS of one epoch not kept
+    first = acc.write_record(tmp_path / "a.json", "bench", per, curves, date="2026-12-04")
+    abl = {"lidar_only": {0: _metrics(0.3)}, "lidar_teacher": {0: _metrics(0.6)}}
+    second = acc.write_record(
+        tmp_path / "b.json", "bench", abl, {"lidar_only": {0: [[300, 0.3, 0.4]]}}
+    )
+    budget, merged, merged_curves = acc.merge_records([first, second])
+    assert budget == "bench" and acc.recorded_seeds(merged) == [0, 1]
+    assert merged["baseline"][1]["mAP"] == pytest.approx(0.12)  # seeds back to int keys
+    assert merged["lidar_teacher"] == {0: _metrics(0.6), 1: _metrics(0.5)}  # b replaced seed 0
+    assert set(merged_curves) == {"baseline", "labeldistill", "lidar_only"}
+    lines = acc.tables(merged, budget, [0, 1]).splitlines()
+    # the ablation minus the baseline of its one seed: 0.3 - 0.1
+    assert any(ln.startswith("| LiDAR teacher only | 0.2000 (one seed) |") for ln in lines)
+    png = acc.plot_curves(merged_curves, tmp_path / "merged.png")
+    assert png is not None and png.is_file()
+    # a record with a row of no teacher's table, of another budget, or not JSON: one clear line
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match=r"bad\.json is not an accuracy\.json record"):
+        acc.merge_records([tmp_path / "bad.json"])
+    other = acc.write_record(tmp_path / "c.json", "tiny", abl, {})
+    with pytest.raises(SystemExit, match="is of budget tiny, the others of bench"):
+        acc.merge_records([first, other])
+    weird = acc.write_record(tmp_path / "d.json", "bench", {"both": {0: _metrics(0.1)}}, {})
+    with pytest.raises(SystemExit, match="unknown row 'both'"):
+        acc.merge_records([weird])
+
+
+def test_recorded_main_comparison_is_the_documented_one(acc) -> None:
+    """benchmarks/recorded/: the file of the 3-seed main comparison holds the figures that
+    RESULTS.md and the README quote (means and the paired difference)."""
+    path = REPO / "benchmarks" / "recorded" / "accuracy_bench_main_2026-12-04.json"
+    _budget, per, curves = acc.merge_records([path])
+    assert acc.recorded_seeds(per) == [0, 1, 2]
+    lines = acc.tables(per, "bench", [0, 1, 2]).splitlines()
+    assert any(ln.startswith("| baseline BEVDepth | 0.0550 ± 0.0098 |") for ln in lines)
+    assert any(ln.startswith("| LabelDistill | 0.0477 ± 0.0045 |") for ln in lines)
+    assert any(ln.startswith("| LabelDistill | -0.0074 ± 0.0055 |") for ln in lines)
+    assert {len(c) for row in curves.values() for c in row.values()} == {8}

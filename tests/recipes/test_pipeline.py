@@ -62,9 +62,9 @@ def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> 
     assert steps == {
         "centerpoint_tiny": 100,
         "labeldistill_step1_tiny": 100,
-        "bevdepth_tiny": 120,
-        "labeldistill_tiny": 120,
-        "labeldistill_tiny_label_only": 120,
+        "bevdepth_tiny": 450,
+        "labeldistill_tiny": 450,
+        "labeldistill_tiny_label_only": 450,
     }
     for c in trained:
         bb = c.student.image_backbone
@@ -74,7 +74,16 @@ def test_stages_in_order_with_teacher_checkpoints(fake_runs, tmp_path: Path) -> 
         else:  # the teachers have no image backbone to load
             assert bb.pretrained_path == ""
     assert by_name["centerpoint_tiny"].data.lidar_sweeps == ld.data.lidar_sweeps == 0
-    assert by_name["bevdepth_tiny"].trainer.ema_decay == ld.trainer.ema_decay == 0.9
+    assert by_name["centerpoint_tiny"].trainer.ema_decay == 0.9
+    assert by_name["bevdepth_tiny"].trainer.ema_decay == ld.trainer.ema_decay == 0.97
+    # the camera students: the benchmark's regime, shortened (frozen stage-0 ResNet, stride 8,
+    # the lr stepped after epochs 8 and 10 of 11)
+    for c in (by_name["bevdepth_tiny"], ld, by_name["labeldistill_tiny_label_only"]):
+        assert c.student.image_backbone.frozen_stages == 4
+        assert c.student.view_transform.downsample == 8
+        assert c.optim.milestones == (8, 10)
+        assert (c.trainer.precision, c.trainer.channels_last) == ("fast", True)
+    assert by_name["centerpoint_tiny"].optim.milestones == (1000,)
     # baseline and student share the budget and the input (key frame only on CPU)
     assert by_name["bevdepth_tiny"].student == ld.student
     assert by_name["bevdepth_tiny"].num_frames == ld.num_frames == 1
