@@ -151,3 +151,31 @@ def test_recorded_main_comparison_is_the_documented_one(acc) -> None:
     assert any(ln.startswith("| LabelDistill | 0.0477 ± 0.0045 |") for ln in lines)
     assert any(ln.startswith("| LabelDistill | -0.0074 ± 0.0055 |") for ln in lines)
     assert {len(c) for row in curves.values() for c in row.values()} == {8}
+
+
+def test_band_class_tables_with_object_counts(acc) -> None:
+    def metrics(car: float, bus: float) -> dict:
+        m = _metrics(0.1)
+        m["ap_by_distance_per_class"] = {
+            "0-20": {"car": car, "bus": None},
+            "20-30": {"car": car / 2, "bus": bus},
+            ">30": {"car": None, "bus": None},
+        }
+        m["num_gt_by_distance_per_class"] = {"0-20": {"car": 10}, "20-30": {"car": 6, "bus": 5}}
+        m["num_objects_by_distance_per_class"] = {"0-20": {"car": 3}, "20-30": {"car": 2, "bus": 1}}
+        return m
+
+    per = {k: {} for k in acc.ROWS}
+    per["baseline"] = {0: metrics(0.4, 0.3), 1: metrics(0.2, 0.1)}
+    per["labeldistill"] = {0: metrics(0.6, 0.0)}
+    lines = acc.band_class_tables(per, [0, 1])
+    # a class without GT in a band (AP None) gets no column; >30 m has none at all
+    assert "| model | car (10 / 3) |" in lines
+    assert "| model | car (6 / 2) | bus (5 / 1) |" in lines
+    assert ">30 m:" not in lines
+    # mean over the seeds of a row
+    assert "| baseline BEVDepth | 0.300 |" in lines
+    assert "| baseline BEVDepth | 0.150 | 0.200 |" in lines
+    assert "| LabelDistill | 0.300 | 0.000 |" in lines
+    # records without per-class bands: no table
+    assert acc.band_class_tables({k: {0: _metrics(0.1)} for k in acc.ROWS}, [0]) == []

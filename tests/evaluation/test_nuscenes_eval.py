@@ -75,6 +75,41 @@ def test_gt_as_predictions_is_perfect(gt_eval: dict[str, Any]) -> None:
     assert sum(m["num_gt_by_distance"].values()) > 0
 
 
+def test_distinct_objects_by_band(gt_eval: dict[str, Any], synthetic_root: Path) -> None:
+    """The objects behind a band's GT boxes: counted independently from the annotation table
+    (instance tokens of the GT-as-results boxes, each of which the devkit matched at AP 1)."""
+    m = gt_eval["metrics"]
+    from nuscenes.eval.common.config import config_factory
+
+    class_range = config_factory("detection_cvpr_2019").class_range
+    table = json.loads((synthetic_root / VERSION / "sample_annotation.json").read_text())
+    by_key = {(a["sample_token"], tuple(a["translation"])): a for a in table}
+    lidar_xy = {
+        i["sample_token"]: np.array(i["lidar_infos"]["LIDAR_TOP"]["ego_pose"]["translation"][:2])
+        for i in _infos(synthetic_root)
+    }
+    for band, low, high in DISTANCE_BANDS:
+        boxes = m["num_gt_by_distance_per_class"][band]
+        objects = m["num_objects_by_distance_per_class"][band]
+        assert sum(boxes.values()) == m["num_gt_by_distance"][band]
+        assert all(0 <= objects[c] <= boxes[c] for c in CLASSES)
+        assert all((objects[c] > 0) == (boxes[c] > 0) for c in CLASSES)
+        expected: dict[str, set[str]] = {c: set() for c in CLASSES}
+        for token, recs in gt_eval["results"]["results"].items():
+            for r in recs:
+                dist = float(np.hypot(*(np.array(r["translation"][:2]) - lidar_xy[token])))
+                ann = by_key[(token, tuple(r["translation"]))]
+                points = ann["num_lidar_pts"] + ann["num_radar_pts"]
+                # the devkit's GT filter: class range and at least one point
+                kept = dist < class_range[r["detection_name"]] and points > 0
+                if kept and low <= dist < high:
+                    expected[r["detection_name"]].add(ann["instance_token"])
+        assert objects == {c: len(v) for c, v in expected.items()}, band
+        assert m["num_objects_by_distance"][band] == len(set().union(*expected.values()))
+    # consecutive samples of a scene show the same objects: fewer objects than boxes
+    assert sum(m["num_objects_by_distance"].values()) < sum(m["num_gt_by_distance"].values())
+
+
 def _eval(root: Path, results: dict[str, Any], out: Path) -> dict[str, Any]:
     path = write_results(out / "results.json", results)
     return evaluate_json(root, VERSION, SPLIT, path, out)

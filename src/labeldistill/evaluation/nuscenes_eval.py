@@ -83,21 +83,52 @@ def _band_boxes(boxes: Any, low: float, high: float) -> Any:
     return out
 
 
+def _instance_of_gt(nusc: Any, gt_boxes: Any) -> dict[tuple[str, tuple[float, ...]], str]:
+    """(sample token, translation) -> instance token of every annotation of the GT's samples.
+
+    The devkit's ``load_gt`` copies ``sample_annotation['translation']`` into each GT box, so the
+    pair names the annotation exactly (a sample holds no two annotations at one centre).
+    """
+    out: dict[tuple[str, tuple[float, ...]], str] = {}
+    for token in gt_boxes.sample_tokens:
+        for ann_token in nusc.get("sample", token)["anns"]:
+            ann = nusc.get("sample_annotation", ann_token)
+            out[(token, tuple(float(v) for v in ann["translation"]))] = ann["instance_token"]
+    return out
+
+
 def _distance_band_ap(evaluator: Any) -> dict[str, Any]:
     """AP by distance band with the devkit's accumulate / calc_ap on a filtered evaluator.
 
     A band's mAP averages the classes that have GT in that band (a class absent from a band
-    has no defined AP there; its entry is None).
+    has no defined AP there; its entry is None). Next to the GT box counts, the number of
+    distinct physical objects (instance tokens) behind them: consecutive samples of a scene
+    show the same objects, so a band's boxes can come from a handful of objects, and its AP is
+    then no more certain than that handful allows.
     """
     from nuscenes.eval.detection.algo import accumulate, calc_ap  # optional here: devkit
 
     cfg = evaluator.cfg
+    instance_of = _instance_of_gt(evaluator.nusc, evaluator.gt_boxes)
     band_map: dict[str, float | None] = {}
     band_class: dict[str, dict[str, float | None]] = {}
     band_counts: dict[str, int] = {}
+    band_objects: dict[str, int] = {}
+    class_counts: dict[str, dict[str, int]] = {}
+    class_objects: dict[str, dict[str, int]] = {}
     for band, low, high in DISTANCE_BANDS:
         gt = _band_boxes(evaluator.gt_boxes, low, high)
         pred = _band_boxes(evaluator.pred_boxes, low, high)
+        objects: dict[str, set[str]] = {name: set() for name in CLASSES}
+        boxes: dict[str, int] = dict.fromkeys(CLASSES, 0)
+        for box in gt.all:
+            boxes[box.detection_name] += 1
+            key = (box.sample_token, tuple(float(v) for v in box.translation))
+            # a GT box whose annotation cannot be named counts as an object of its own
+            objects[box.detection_name].add(instance_of.get(key, f"{key}"))
+        class_counts[band] = boxes
+        class_objects[band] = {name: len(objects[name]) for name in CLASSES}
+        band_objects[band] = len(set().union(*objects.values()))
         per_class: dict[str, float | None] = {}
         present_names = {b.detection_name for b in gt.all}
         for name in CLASSES:
@@ -121,6 +152,9 @@ def _distance_band_ap(evaluator: Any) -> dict[str, Any]:
         "ap_by_distance": band_map,
         "ap_by_distance_per_class": band_class,
         "num_gt_by_distance": band_counts,
+        "num_objects_by_distance": band_objects,
+        "num_gt_by_distance_per_class": class_counts,
+        "num_objects_by_distance_per_class": class_objects,
     }
 
 
@@ -172,7 +206,9 @@ def evaluate_json(
 
     Returns a dict with mAP, NDS, mATE, mASE, mAOE, mAVE, mAAE, per_class_AP {class: AP},
     per_class_tp_errors, ap_by_distance {'0-20', '20-30', '>30': mAP}, ap_by_distance_per_class,
-    num_gt_by_distance, and bookkeeping (version, split, num_samples, num_filled_samples).
+    num_gt_by_distance, num_objects_by_distance (distinct instance tokens),
+    num_gt_by_distance_per_class, num_objects_by_distance_per_class, and bookkeeping (version,
+    split, num_samples, num_filled_samples).
     """
     # optional here: nuscenes devkit (heavy; imported only to evaluate)
     from nuscenes.eval.common.config import config_factory

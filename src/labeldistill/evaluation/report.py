@@ -29,8 +29,11 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     bands = metrics.get("ap_by_distance")
     if bands:
         counts = metrics.get("num_gt_by_distance", {})
+        objects = metrics.get("num_objects_by_distance") or {}
         lines.append("")
-        lines.append(f"{'distance band (m)':<22}{'mAP':>8}{'GT boxes':>10}")
+        head = f"{'distance band (m)':<22}{'mAP':>8}{'GT boxes':>10}"
+        lines.append(head + (f"{'objects':>9}" if objects else ""))
         for band, ap in bands.items():
-            lines.append(f"{band:<22}{fmt(ap):>8}{counts.get(band, 0):>10}")
+            row = f"{band:<22}{fmt(ap):>8}{counts.get(band, 0):>10}"
+            lines.append(row + (f"{objects.get(band, 0):>9}" if objects else ""))
     return "\n".join(lines)
