@@ -31,6 +31,7 @@ import contextlib
 import io
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,13 +150,14 @@ def load_matches(
     from nuscenes.eval.detection.evaluate import DetectionEval
 
     cfg = config_factory("detection_cvpr_2019")
-    with contextlib.redirect_stdout(io.StringIO()):
+    # the devkit makes its output dir (plots) at construction: a throw-away one, nothing kept
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         ev = DetectionEval(
             nusc,
             config=cfg,
             result_path=str(results),
             eval_set=split,
-            output_dir="/tmp/val_bootstrap",
+            output_dir=tmp,
             verbose=False,
         )
     gt, pred = ev.gt_boxes, ev.pred_boxes
