@@ -61,6 +61,7 @@ ROWS = (
     "no_partition",
     "labeldistill",
     "lidar_s0_detached",
+    "level0_detached",
 )
 CAMERA_ROWS = ROWS[2:]
 TP = ("mATE", "mASE", "mAOE", "mAVE", "mAAE")
@@ -135,7 +136,7 @@ def tables(per: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list[i
     lines += ["", "Difference to the baseline, paired by seed (mean ± std of the differences):", ""]
     lines.append("| model | ΔmAP | ΔNDS | ΔmAP >30 m |")
     lines.append("|---|---|---|---|")
-    for key in ("lidar_only", "label_only", "no_partition", "labeldistill", "lidar_s0_detached"):
+    for key in CAMERA_ROWS[1:]:
         both = [s for s in paired if s in per[key]]
         if not both:
             continue
@@ -228,6 +229,7 @@ COLORS = {
     "label_only": "tab:green",
     "no_partition": "tab:purple",
     "lidar_s0_detached": "tab:brown",
+    "level0_detached": "tab:pink",
 }
 
 
@@ -339,7 +341,7 @@ def main() -> int:
         action="append",
         default=[],
         choices=[v for v in VARIANTS if v != "labeldistill" and v not in ABLATIONS],
-        help="an extra LabelDistill row (repeatable): lidar_s0_detached",
+        help="an extra LabelDistill row (repeatable): lidar_s0_detached, level0_detached",
     )
     p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     p.add_argument(

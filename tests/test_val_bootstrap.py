@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ def vb():
     path = REPO / "benchmarks" / "val_bootstrap.py"
     spec = importlib.util.spec_from_file_location("val_bootstrap", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["val_bootstrap"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 

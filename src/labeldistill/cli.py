@@ -357,8 +357,8 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> Handler:
         "--variant",
         action="append",
         default=None,
-        help="labeldistill (default), lidar_only, label_only, no_partition, lidar_s0_detached "
-        "(CPU budgets) (repeatable)",
+        help="labeldistill (default), lidar_only, label_only, no_partition, lidar_s0_detached, "
+        "level0_detached (CPU budgets) (repeatable)",
     )
     p.add_argument("--fresh", action="store_true", help="retrain stages that already finished")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

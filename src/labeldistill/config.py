@@ -262,6 +262,12 @@ class DistillConfig:
     # level-0 LiDAR loss trains the image network too (docs/deviations.md, "5, 7 (F = 1)").
     # A no-op for the paper configs; no effect with partition "none".
     lidar_level0_grad: bool = True
+    # False: the label slice of S0 is detached before its adaptor too, so no level-0 feature
+    # loss reaches the image network (depth net, image neck). Unlike the LiDAR flag this is not
+    # the published topology at any F (there the label slice is the current frame's and
+    # differentiable): an experiment that tests whether the level-0 terms cost the camera
+    # student its depth (benchmarks/RESULTS.md). No effect with partition "none".
+    label_level0_grad: bool = True
     lidar_ckpt: str | None = None  # stage-1 checkpoint
     label_ckpt: str | None = None  # stage-2 checkpoint
 

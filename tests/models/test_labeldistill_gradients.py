@@ -178,6 +178,40 @@ def test_lidar_level0_grad_off_detaches_the_lidar_slice_of_s0_only(
         torch.testing.assert_close(a, b)
 
 
+def test_both_level0_grads_off_keep_every_level0_loss_out_of_s0(
+    setup, synthetic_root: Path
+) -> None:
+    """``label_level0_grad=false`` with ``lidar_level0_grad=false``: no level-0 feature loss
+    reaches S0 (the image network), both adaptors still learn from them, level 1 unchanged."""
+    cfg0, model0, batch = setup
+    cfg = _cfg(synthetic_root, "distill.lidar_level0_grad=false", "distill.label_level0_grad=false")
+    model = build_labeldistill(cfg)
+    model.load_state_dict(model0.state_dict())
+    model.train()
+    model0 = copy.deepcopy(model0)
+    model0.train()
+    seen = {}
+    for name, m in (("on", model0), ("off", model)):
+        torch.manual_seed(0)
+        out, targets = _forward(m, cfg, batch)
+        s0, s1 = out.student.distill_feats
+        bin0, bin1 = heatmap_weights(targets, binary=True)
+        label0 = weighted_feature_loss(out.label_feats[0], out.label_adapted[0], bin0)
+        label1 = weighted_feature_loss(out.label_feats[1], out.label_adapted[1], bin1)
+        (g_s0,) = torch.autograd.grad(label0, [s0], retain_graph=True, allow_unused=True)
+        (g_s1,) = torch.autograd.grad(label1, [s1], retain_graph=True)
+        adaptor0 = list(m.distill_encoder_label.blocks[0].parameters())
+        seen[name] = (label0.item(), g_s0, g_s1, torch.autograd.grad(label0, adaptor0))
+    on, off = seen["on"], seen["off"]
+    assert off[0] == pytest.approx(on[0], rel=1e-6)
+    assert on[1] is not None and on[1].abs().sum() > 0
+    assert off[1] is None or torch.count_nonzero(off[1]) == 0
+    torch.testing.assert_close(off[2], on[2])
+    for a, b in zip(off[3], on[3]):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b)
+
+
 def test_no_partition_sends_every_channel_to_both_adaptors(setup, synthetic_root: Path) -> None:
     cfg0, _, batch = setup
     cfg = _cfg(synthetic_root, "distill.partition=none")

@@ -211,6 +211,12 @@ def test_bad_budget_and_variant(tmp_path: Path) -> None:
     assert (ld.distill.lidar_level0_grad, det.distill.lidar_level0_grad) == (True, False)
     assert det.name != ld.name
     assert replace(det, name=ld.name, distill=ld.distill) == ld
+    # level0_detached: both S0 slices detached, nothing else changed
+    both = pipeline.stage_config(bench, "level0_detached", None, tmp_path, 0, {})
+    flags = (both.distill.lidar_level0_grad, both.distill.label_level0_grad)
+    assert flags == (False, False) and ld.distill.label_level0_grad
+    assert both.name not in (ld.name, det.name)
+    assert replace(both, name=ld.name, distill=ld.distill) == ld
     teacher = pipeline.stage_config(bench, "lidar_teacher", None, tmp_path, 0, {})
     assert (teacher.trainer.max_steps, teacher.optim.milestones) == (600, (1000,))
     assert budgets.BENCH_DATA.train_scenes * budgets.BENCH_DATA.samples_per_scene == 192 * 2

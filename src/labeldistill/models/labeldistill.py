@@ -132,9 +132,10 @@ class LabelDistill(nn.Module):
             with torch.no_grad():
                 result.label_feats = self.label_encoder(label_maps.box, label_maps.label)
             assert self.distill_encoder_label is not None
-            result.label_adapted = self.distill_encoder_label(
-                (s0[:, label_sl[0]], s1[:, label_sl[1]])
-            )
+            s0_label = s0[:, label_sl[0]]
+            if not self.cfg.label_level0_grad and self.cfg.partition == "thirds":
+                s0_label = s0_label.detach()  # an experiment, not a published layout (cfg doc)
+            result.label_adapted = self.distill_encoder_label((s0_label, s1[:, label_sl[1]]))
         return result
 
     def forward_batch(self, batch: Batch) -> DistillOutput:

@@ -8,8 +8,16 @@ from dataclasses import dataclass
 
 #: The LabelDistill variants a pipeline can train beside the baseline: the method, its three
 #: ablations, and (CPU budgets) the method with the LiDAR slice of S0 detached
-#: (``distill.lidar_level0_grad=false``: the 2key gradient topology at F = 1).
-VARIANTS = ("labeldistill", "lidar_only", "label_only", "no_partition", "lidar_s0_detached")
+#: (``distill.lidar_level0_grad=false``: the 2key gradient topology at F = 1), and with both
+#: S0 slices detached (``level0_detached``: no level-0 feature loss reaches the image network).
+VARIANTS = (
+    "labeldistill",
+    "lidar_only",
+    "label_only",
+    "no_partition",
+    "lidar_s0_detached",
+    "level0_detached",
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,16 @@ def _cpu_budget(
                 *lidar,
                 "name=labeldistill_tiny_lidar_s0_detached",
                 "distill.lidar_level0_grad=false",
+            ),
+        ),
+        "level0_detached": (
+            "labeldistill_tiny",
+            (
+                *cam,
+                *lidar,
+                "name=labeldistill_tiny_level0_detached",
+                "distill.lidar_level0_grad=false",
+                "distill.label_level0_grad=false",
             ),
         ),
     }

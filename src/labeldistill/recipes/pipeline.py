@@ -47,6 +47,7 @@ ROW_NAMES: dict[str, str] = {
     "no_partition": "no partitioning",
     "labeldistill": "LabelDistill",
     "lidar_s0_detached": "LabelDistill, LiDAR S0 slice detached",
+    "level0_detached": "LabelDistill, both S0 slices detached",
 }
 
 
