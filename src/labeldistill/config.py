@@ -263,10 +263,11 @@ class DistillConfig:
     # A no-op for the paper configs; no effect with partition "none".
     lidar_level0_grad: bool = True
     # False: the label slice of S0 is detached before its adaptor too, so no level-0 feature
-    # loss reaches the image network (depth net, image neck). Unlike the LiDAR flag this is not
-    # the published topology at any F (there the label slice is the current frame's and
-    # differentiable): an experiment that tests whether the level-0 terms cost the camera
-    # student its depth (benchmarks/RESULTS.md). No effect with partition "none".
+    # loss reaches the image network (depth net, image neck); the level-1 terms still do,
+    # through the BEV trunk. Unlike the LiDAR flag this is not the published topology at any F
+    # (there the label slice is the current frame's and differentiable): an experiment that
+    # tests whether the level-0 terms cost the camera student its depth (RESULTS.md). No effect
+    # with partition "none".
     label_level0_grad: bool = True
     lidar_ckpt: str | None = None  # stage-1 checkpoint
     label_ckpt: str | None = None  # stage-2 checkpoint

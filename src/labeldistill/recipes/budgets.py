@@ -9,7 +9,7 @@ from dataclasses import dataclass
 #: The LabelDistill variants a pipeline can train beside the baseline: the method, its three
 #: ablations, and (CPU budgets) the method with the LiDAR slice of S0 detached
 #: (``distill.lidar_level0_grad=false``: the 2key gradient topology at F = 1), and with both
-#: S0 slices detached (``level0_detached``: no level-0 feature loss reaches the image network).
+#: S0 slices detached (``level0_detached``: the level-0 feature losses train their adaptors only).
 VARIANTS = (
     "labeldistill",
     "lidar_only",
