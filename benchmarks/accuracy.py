@@ -17,6 +17,9 @@ students of the same length, all CPU-sized). Stage 0 and the two teachers are tr
 Main comparison:  .venv/bin/python benchmarks/accuracy.py
 Ablations:        .venv/bin/python benchmarks/accuracy.py --ablations --no-main
 Extra row:        .venv/bin/python benchmarks/accuracy.py --variant lidar_s0_detached --no-main
+One row, more seeds: .venv/bin/python benchmarks/accuracy.py --seeds 1 2 --no-main
+                  --variant label_only --no-baseline (paired with a recorded baseline: the
+                  baseline is deterministic, the same seed retrained gives the same figures)
 Another set:      .venv/bin/python benchmarks/accuracy.py --data-seed 1 --samples-per-scene 16
 Recorded runs:    .venv/bin/python benchmarks/accuracy.py --recorded A.json B.json --out DIR
 
@@ -317,10 +320,20 @@ def recorded_seeds(per: dict[str, dict[int, Any]]) -> list[int]:
     return sorted({s for key in CAMERA_ROWS for s in per.get(key, {})})
 
 
-def parallel_tasks(seeds: Sequence[int], variants: Sequence[str]) -> list[tuple[int, str]]:
+def parallel_tasks(
+    seeds: Sequence[int], variants: Sequence[str], baseline: bool = True
+) -> list[tuple[int, str]]:
     """The (seed, camera row) processes of ``--jobs``, in launch order: seed by seed, the
-    distilled rows (longer steps: teacher forwards) before the baseline."""
-    return [(s, key) for s in seeds for key in (*variants, "baseline")]
+    distilled rows (longer steps: teacher forwards) before the baseline (if ``baseline``)."""
+    rows = (*variants, "baseline") if baseline else tuple(variants)
+    return [(s, key) for s in seeds for key in rows]
+
+
+def row_keys(main: bool, ablations: bool, extra: Sequence[str]) -> list[str]:
+    """The distilled rows of a call, in table order and each once: LabelDistill (``main``),
+    the three ablations (``ablations``) and the ``--variant`` rows."""
+    keys = (["labeldistill"] if main else []) + (list(ABLATIONS) if ablations else [])
+    return keys + [k for k in dict.fromkeys(extra) if k not in keys]
 
 
 def main() -> int:
@@ -340,8 +353,15 @@ def main() -> int:
         "--variant",
         action="append",
         default=[],
-        choices=[v for v in VARIANTS if v != "labeldistill" and v not in ABLATIONS],
-        help="an extra LabelDistill row (repeatable): lidar_s0_detached, level0_detached",
+        choices=[v for v in VARIANTS if v != "labeldistill"],
+        help="an extra distilled row (repeatable): an ablation alone, lidar_s0_detached, "
+        "level0_detached",
+    )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not train the baseline (pair the rows with a recorded baseline of the same "
+        "seeds: it is deterministic)",
     )
     p.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     p.add_argument(
@@ -387,10 +407,7 @@ def main() -> int:
         if args.dataroot
         else ensure_synthetic(out / f"data-{data_seed}-{sps}", plan, data_seed, sps)
     )
-    variants: list[str] = [] if args.no_main else ["labeldistill"]
-    if args.ablations:
-        variants += list(ABLATIONS)
-    variants += args.variant
+    variants = row_keys(not args.no_main, args.ablations, args.variant)
     extra = [f"data.num_workers={args.workers}"] if args.workers is not None else []
     set_dir = out / f"{args.budget}-data{data_seed}-sps{sps}"
 
@@ -460,10 +477,10 @@ def main() -> int:
         # then one process per (seed, camera row), the longer distilled rows of a seed before
         # its baseline, so that the lanes stay full and a cut-off run still holds complete
         # seed pairs
-        in_parallel(parallel_tasks(args.seeds, variants))
+        in_parallel(parallel_tasks(args.seeds, variants, baseline=not args.no_baseline))
     results: dict[int, PipelineResult] = {}
     for seed in args.seeds:
-        results[seed] = pipeline_of(seed, variants=variants)
+        results[seed] = pipeline_of(seed, variants=variants, baseline=not args.no_baseline)
         text = tables(collect(results), args.budget, sorted(results))
         (set_dir / "accuracy.md").write_text(text + "\n")
     per = collect(results)

@@ -98,6 +98,23 @@ def test_parallel_tasks_pair_each_seed_distilled_rows_first(acc) -> None:
     ]
 
 
+def test_parallel_tasks_without_baseline_and_row_order(acc) -> None:
+    """--no-baseline trains the distilled rows only; an ablation given as --variant is the
+    same row as with --ablations, listed once, in table order."""
+    assert acc.parallel_tasks([1, 2], ["label_only"], baseline=False) == [
+        (1, "label_only"),
+        (2, "label_only"),
+    ]
+    assert acc.row_keys(True, False, []) == ["labeldistill"]
+    assert acc.row_keys(False, True, ["label_only", "level0_detached", "level0_detached"]) == [
+        "lidar_only",
+        "label_only",
+        "no_partition",
+        "level0_detached",
+    ]
+    assert acc.row_keys(False, False, ["label_only"]) == ["label_only"]
+
+
 def test_one_seed_shows_no_spread(acc) -> None:
     """A single seed has no sample std: the table says so instead of printing ± 0."""
     assert acc._mean_std([0.0246]) == "0.0246 (one seed)"
